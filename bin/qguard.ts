@@ -1,0 +1,14 @@
+#!/usr/bin/env node
+// qguard: the admin's command. Flags and subcommands only; the work is in lib/admin/.
+
+import { newProgram, runMain } from '../lib/cli/run-main.js';
+import { registerDb } from '../lib/cli/commands/db.js';
+import { registerIp } from '../lib/cli/commands/ip.js';
+import { registerDomain } from '../lib/cli/commands/domain.js';
+
+const program = newProgram('qguard', 'spam blocking for qmail: IP rules, domains, queue review, quarantine, status');
+registerDb(program);
+registerIp(program);
+registerDomain(program);
+
+await runMain(program);

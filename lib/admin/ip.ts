@@ -1,0 +1,231 @@
+// `qguard ip deny|allow|trust|rm|ls|why`: the admin's hands on the rules. Arguments are
+// checked before the database is touched (bad input: exit 2; a guard refusing: exit 100),
+// so nothing is written unless all of it is right.
+
+import type { RunContext } from '../cli/run-main.js';
+import { PermanentError, UsageError } from '../errors.js';
+import { parseDuration } from '../duration.js';
+import { type Net, formatNet, formatNetShort, isHost, parseIp, parseNet } from '../net/address.js';
+import { type Action, comparePrecedence, decide } from '../policy/decide.js';
+import { ruleRefusal, sourceRefusal } from '../policy/guards.js';
+import {
+  type Rule,
+  allowsInside,
+  deleteRules,
+  listRules,
+  ruleJson,
+  rulesContaining,
+  upsertRule,
+} from '../db/rules.js';
+import { safeForTerminal } from '../text.js';
+import { adminUser } from '../db/connect.js';
+
+/** Parse an address/CIDR argument or fail with a usage error naming it. */
+export function netArgument(text: string | undefined, what = 'address'): Net {
+  if (text === undefined || text.trim() === '') throw new UsageError(`empty ${what}`);
+  const r = parseNet(text);
+  if (!r.ok) throw new UsageError(r.error);
+  return r.net;
+}
+
+function freeText(value: string | undefined, flag: string, max: number): string | null {
+  if (value === undefined) return null;
+  if (value.includes('\0')) throw new UsageError(`${flag}: NUL byte not allowed`);
+  if (value.length > max) throw new UsageError(`${flag}: longer than ${max} characters`);
+  const t = value.trim();
+  return t === '' ? null : t;
+}
+
+function ttlArgument(value: string | undefined): number | null {
+  if (value === undefined) return null;
+  const d = parseDuration(value);
+  if ('error' in d) throw new UsageError(`--for: ${d.error}`);
+  return d.seconds;
+}
+
+export interface IpAddOptions {
+  for?: string;
+  reason?: string;
+  source?: string;
+  user?: string;
+  json?: boolean;
+}
+
+/** Scope given with --host on the command line (not QGUARD_HOST from env/file): one mail server. */
+function hostScope(ctx: RunContext): string | null {
+  return ctx.fromCli('host') ? ctx.config.host : null;
+}
+
+/** `qguard ip deny|allow|trust ADDR`. */
+export async function ipAdd(ctx: RunContext, action: Action, addr: string, opts: IpAddOptions): Promise<void> {
+  const net = netArgument(addr);
+  const ttlSeconds = ttlArgument(opts.for);
+  const source = opts.source ?? 'manual';
+  const bad = sourceRefusal(source);
+  if (bad) throw new UsageError(`--source: ${bad}`);
+  const reason = freeText(opts.reason, '--reason', 1000);
+  const user = freeText(opts.user, '--user', 200);
+  const refusal = ruleRefusal(net, action, { protectedNets: ctx.protectedNets(), minPrefix: ctx.config.minPrefix });
+  if (refusal) throw new PermanentError(refusal);
+  if (source === 'login') {
+    if (action !== 'relay') throw new UsageError('--source login is for `qguard ip allow` only');
+    if (!isHost(net)) throw new UsageError(`--source login takes a single address, not ${formatNet(net)}`);
+    if (!user) throw new UsageError('--source login needs --user NAME');
+    if (ttlSeconds === null) throw new UsageError('--source login needs --for DURATION');
+  }
+  const scope = hostScope(ctx);
+  const db = await ctx.db();
+  let rule: Rule;
+  if (source === 'login' && scope === null) {
+    // The intranet's door, so both paths share one set of rules (single address, TTL cap, extend).
+    await db.query('SELECT qguard.allow_login($1::inet, $2, make_interval(secs => $3))', [
+      formatNetShort(net),
+      user,
+      ttlSeconds,
+    ]);
+    rule = (await listRules(db, { net, source: 'login' }))[0];
+  } else {
+    const inside = action === 'deny' ? await allowsInside(db, net) : [];
+    ({ rule } = await upsertRule(db, {
+      net,
+      action,
+      source,
+      reason,
+      who: user ?? adminUser(),
+      ttlSeconds,
+      host: scope,
+    }));
+    if (inside.length > 0) {
+      const shown = inside.slice(0, 5).map((r) => `${formatNetShort(r.net)} ${r.action}`).join(', ');
+      ctx.log.warn(
+        `${formatNet(net)} contains ${inside.length} relay/trust rule(s) that stay allowed: ${shown}${inside.length > 5 ? ', ...' : ''}`,
+      );
+    }
+  }
+  ctx.log.info(`${rule.cidr} ${rule.action} (source ${rule.source}${rule.expiresAt ? `, until ${rule.expiresAt.toISOString()}` : ''})`);
+  if (opts.json) ctx.printJson(ruleJson(rule));
+}
+
+/** `qguard ip rm ADDR [--source NAME]`: remove the rules for exactly that network. */
+export async function ipRemove(ctx: RunContext, addr: string, opts: { source?: string; json?: boolean }): Promise<void> {
+  const net = netArgument(addr);
+  if (opts.source !== undefined) {
+    const bad = sourceRefusal(opts.source);
+    if (bad) throw new UsageError(`--source: ${bad}`);
+  }
+  const scope = hostScope(ctx);
+  const db = await ctx.db();
+  const removed = await deleteRules(db, { net, source: opts.source, host: scope ?? undefined });
+  if (removed.length === 0) {
+    const covering = (await rulesContaining(db, net, ctx.config.host)).filter(
+      (r) => r.net.prefix < net.prefix,
+    );
+    const hint = covering.length
+      ? `; it is inside ${covering.map((r) => `${r.cidr} ${r.action} (${r.source})`).join(', ')}: see \`qguard ip why\``
+      : '';
+    throw new PermanentError(`no rule for ${formatNet(net)}${opts.source ? ` of source ${opts.source}` : ''}${hint}`);
+  }
+  for (const r of removed) ctx.log.info(`removed ${r.cidr} ${r.action} (source ${r.source})`);
+  if (opts.json) ctx.printJson(removed.map(ruleJson));
+}
+
+function when(d: Date | null): string {
+  return d ? d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z') : 'never';
+}
+
+function describe(r: Rule): string {
+  const parts = [`${r.cidr} ${r.action}`, `source ${r.source}`];
+  if (r.who) parts.push(`by ${safeForTerminal(r.who)}`);
+  if (r.host) parts.push(`host ${safeForTerminal(r.host)}`);
+  parts.push(r.expiresAt ? `expires ${when(r.expiresAt)}` : 'no expiry');
+  if (r.reason) parts.push(`reason: ${safeForTerminal(r.reason)}`);
+  return parts.join(', ');
+}
+
+/** `qguard ip ls [--action A] [--source S] [--json]`. */
+export async function ipList(ctx: RunContext, opts: { action?: string; source?: string; json?: boolean }): Promise<void> {
+  let action: Action | undefined;
+  if (opts.action !== undefined) {
+    if (!['relay', 'trust', 'deny', 'allow'].includes(opts.action)) {
+      throw new UsageError(`--action: must be relay (allow), trust or deny: ${JSON.stringify(opts.action.slice(0, 40))}`);
+    }
+    action = opts.action === 'allow' ? 'relay' : (opts.action as Action);
+  }
+  if (opts.source !== undefined) {
+    const bad = sourceRefusal(opts.source);
+    if (bad) throw new UsageError(`--source: ${bad}`);
+  }
+  const db = await ctx.db();
+  const rules = await listRules(db, {
+    action,
+    source: opts.source,
+    host: ctx.fromCli('host') ? ctx.config.host : undefined,
+  });
+  if (opts.json) {
+    ctx.printJson(rules.map(ruleJson));
+    return;
+  }
+  const lines = rules.map(
+    (r) =>
+      `${r.cidr.padEnd(20)} ${r.action.padEnd(5)} ${r.source.padEnd(16)} ${when(r.expiresAt).padEnd(20)} ${r.host ? safeForTerminal(r.host) : '*'}${
+        r.who ? ` ${safeForTerminal(r.who)}` : ''
+      }${r.reason ? ` -- ${safeForTerminal(r.reason)}` : ''}`,
+  );
+  if (lines.length) ctx.print(`${lines.join('\n')}\n`);
+}
+
+/** What `qguard ip why` reports. */
+export interface WhyReport {
+  ip: string;
+  host: string;
+  decision: Action | 'default';
+  protected: boolean;
+  rule: ReturnType<typeof ruleJson> | null;
+  others: ReturnType<typeof ruleJson>[];
+  meaning: string;
+}
+
+const MEANING: Record<Action | 'default', string> = {
+  relay: 'accepted, may relay (RELAYCLIENT set)',
+  trust: 'accepted, never auto-denied, no relay',
+  deny: 'refused (tcp.smtp deny and the firewall set)',
+  default: 'accepted, may send only to rcpthosts',
+};
+
+/** The decision for one address with the winning rule and every other rule that contains it. */
+export async function whyIp(ctx: RunContext, ipText: string): Promise<{ report: WhyReport; winner: Rule | null; others: Rule[] }> {
+  if (ipText === undefined || ipText.trim() === '') throw new UsageError('empty address');
+  const parsed = parseIp(ipText);
+  if (!parsed.ok) throw new UsageError(parsed.error);
+  const ip = parsed.net;
+  const db = await ctx.db();
+  const candidates = await rulesContaining(db, ip, ctx.config.host);
+  const result = decide(ip, candidates, ctx.protectedNets());
+  const others = candidates.filter((r) => r !== result.rule).sort(comparePrecedence);
+  const report: WhyReport = {
+    ip: formatNetShort(ip),
+    host: ctx.config.host,
+    decision: result.decision,
+    protected: result.protected,
+    rule: result.rule ? ruleJson(result.rule) : null,
+    others: others.map(ruleJson),
+    meaning: MEANING[result.decision],
+  };
+  return { report, winner: result.rule, others };
+}
+
+/** `qguard ip why IP [--json]`. */
+export async function ipWhy(ctx: RunContext, ipText: string, opts: { json?: boolean }): Promise<void> {
+  const { report, winner, others } = await whyIp(ctx, ipText);
+  if (opts.json) {
+    ctx.printJson(report);
+    return;
+  }
+  const lines = [`${report.ip}: ${report.decision} - ${report.meaning}${report.protected ? ' (protected: never denied)' : ''}`];
+  if (winner) lines.push(`  rule: ${describe(winner)}`);
+  for (const r of others) {
+    const ignored = report.protected && r.action === 'deny' ? ' (ignored: protected)' : '';
+    lines.push(`  also: ${describe(r)}${ignored}`);
+  }
+  ctx.print(`${lines.join('\n')}\n`);
+}

@@ -1,0 +1,243 @@
+// The one exit path of every executable. Builds the commander program with the shared
+// config flags, gives each action a RunContext (config, logger, lazily opened database,
+// job lock), maps typed errors to exit codes (0 / 2 / 100 / 111) with a `command: fatal: ...`
+// line on stderr, and always closes the database and releases locks. Only runMain() calls
+// process.exit.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Command, CommanderError, Option } from 'commander';
+import { CONFIG_KEYS, type Config, protectedNets } from '../config.js';
+import { EXIT, LockBusy, QguardError, errorText } from '../errors.js';
+import { type Logger, createLogger } from '../log.js';
+import type { Net } from '../net/address.js';
+import { type Db, currentActor, openDb } from '../db/connect.js';
+import { checkSchema } from '../db/migrate.js';
+import { type FileLock, lockFile } from '../io/lock.js';
+import { interfaceNets, loadConfig } from './load-config.js';
+
+/** Everything an action needs; created per run, closed by runMain. */
+export interface RunContext {
+  readonly command: string;
+  readonly config: Config;
+  readonly log: Logger;
+  /** The database, opened on first use; the schema is checked unless `migrating`. */
+  db(opts?: { migrating?: boolean }): Promise<Db>;
+  /** Loopback, QGUARD_PROTECT and this machine's addresses. */
+  protectedNets(): Net[];
+  /**
+   * Take this host's lock for a job (`sync-rules`, `scan-queue`, ...). When another run holds
+   * it, throws LockBusy: the run ends quietly with exit 0, like `setlock -nx`.
+   */
+  jobLock(job: string): Promise<void>;
+  /** Was this option given on the command line (not from env, file or default)? */
+  fromCli(option: string): boolean;
+  /** Write text to stdout. */
+  print(text: string): void;
+  /** Write exactly one JSON document to stdout. */
+  printJson(value: unknown): void;
+  /** Run `fn` when the run ends (after the action, before exit). */
+  defer(fn: () => void | Promise<void>): void;
+}
+
+/** The version in package.json. */
+export function packageVersion(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  for (const up of ['../..', '../../..']) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.resolve(here, up, 'package.json'), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'qguard' && pkg.version) return pkg.version;
+    } catch {
+      // try the next level
+    }
+  }
+  return 'unknown';
+}
+
+const optionName = (flag: string) =>
+  flag
+    .replace(/^--/, '')
+    .split(' ')[0]
+    .replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
+/** Add the shared configuration flags to a command. */
+export function addConfigOptions(cmd: Command): Command {
+  cmd.option('--config <file>', 'config file (default /etc/qguard/qguard.conf)');
+  for (const spec of CONFIG_KEYS) {
+    if (spec.flag) cmd.addOption(new Option(spec.flag, spec.help ?? ''));
+  }
+  cmd.option('-v, --verbose', 'explain what is done, on stderr');
+  return cmd;
+}
+
+/** A new program with the shared flags, usage-error handling and version. */
+export function newProgram(name: string, description: string): Command {
+  const program = new Command(name);
+  program
+    .description(description)
+    .version(packageVersion(), '-V, --version')
+    .exitOverride()
+    .showHelpAfterError(`(run ${name} --help for usage)`)
+    .configureOutput({
+      outputError: (str, write) => write(`${name}: fatal: ${str.replace(/^error: /, '')}`),
+    });
+  addConfigOptions(program);
+  return program;
+}
+
+const openContexts: (RunContext & { close(): Promise<void> })[] = [];
+
+function makeContext(command: string, cmd: Command): RunContext & { close(): Promise<void> } {
+  const all = cmd.optsWithGlobals() as Record<string, unknown>;
+  const flags: Record<string, string | undefined> = {};
+  for (const spec of CONFIG_KEYS) {
+    if (!spec.flag) continue;
+    const v = all[optionName(spec.flag)];
+    if (v !== undefined) flags[spec.key] = String(v);
+  }
+  const config = loadConfig(flags, all.config as string | undefined);
+  const log = createLogger(command, { verbose: Boolean(all.verbose), syslog: config.syslog });
+  let db: Db | null = null;
+  let dbPromise: Promise<Db> | null = null;
+  let schemaChecked = false;
+  let prot: Net[] | null = null;
+  const locks: FileLock[] = [];
+  const deferred: (() => void | Promise<void>)[] = [];
+  const sources = (option: string): string | undefined => {
+    for (let c: Command | null = cmd; c; c = c.parent) {
+      const src = c.getOptionValueSource(option);
+      if (src !== undefined) return src;
+    }
+    return undefined;
+  };
+  return {
+    command,
+    config,
+    log,
+    async db(opts = {}) {
+      if (!dbPromise) {
+        dbPromise = (async () => {
+          const d = await openDb(config, command);
+          db = d;
+          await d.query("SELECT set_config('qguard.actor', $1, false)", [currentActor(command)]);
+          return d;
+        })();
+      }
+      const d = await dbPromise;
+      if (!opts.migrating && !schemaChecked) {
+        await checkSchema(d);
+        schemaChecked = true;
+      }
+      return d;
+    },
+    protectedNets() {
+      prot ??= protectedNets(config, interfaceNets());
+      return prot;
+    },
+    async jobLock(job) {
+      const lock = await lockFile(path.join(config.stateDir, 'locks', `${job}.lock`), { waitSeconds: 0 });
+      if (!lock) throw new LockBusy(`another ${job} is running on this host`);
+      locks.push(lock);
+    },
+    fromCli(option) {
+      return sources(option) === 'cli';
+    },
+    print(text) {
+      process.stdout.write(text);
+    },
+    printJson(value) {
+      process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+    },
+    defer(fn) {
+      deferred.push(fn);
+    },
+    async close() {
+      for (const fn of deferred.reverse()) {
+        try {
+          await fn();
+        } catch (err) {
+          log.warn(`cleanup failed: ${errorText(err)}`);
+        }
+      }
+      if (dbPromise) {
+        try {
+          await dbPromise;
+        } catch {
+          // never opened
+        }
+      }
+      if (db) await (db as Db).close().catch(() => {});
+      for (const l of locks) l.release();
+      await log.close();
+    },
+  };
+}
+
+/**
+ * Wrap an action: build the RunContext from the command's options, run `fn`, close it.
+ * Commander passes (args..., options, command); `fn` gets (ctx, args..., options).
+ */
+export function withContext<A extends unknown[]>(
+  command: string,
+  fn: (ctx: RunContext, ...args: A) => Promise<void>,
+): (...args: unknown[]) => Promise<void> {
+  return async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const ctx = makeContext(command, cmd);
+    openContexts.push(ctx);
+    await fn(ctx, ...(args.slice(0, -1) as A));
+  };
+}
+
+/** Last words before exit: make sure piped stdout is written out. */
+async function drainStdout(): Promise<void> {
+  await new Promise<void>((resolve) => {
+    if (process.stdout.writableLength === 0) return resolve();
+    process.stdout.write('', () => resolve());
+  });
+}
+
+/** Parse, run, map errors to exit codes, close everything, exit. */
+export async function runMain(program: Command, argv: string[] = process.argv): Promise<never> {
+  const name = program.name();
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    // A reader that went away (`qguard ip ls | head`) is not our failure.
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  });
+  let code: number = EXIT.ok;
+  let fatal: string | null = null;
+  let verbose = false;
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      code = err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    } else if (err instanceof LockBusy) {
+      code = EXIT.ok;
+      verbose = Boolean(program.opts().verbose);
+      if (verbose) process.stderr.write(`${name}: ${err.message}\n`);
+    } else if (err instanceof QguardError) {
+      code = err.exitCode;
+      fatal = err.message;
+    } else {
+      code = EXIT.temporary;
+      fatal = `internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`;
+    }
+  }
+  const contexts = openContexts.splice(0);
+  if (fatal !== null) {
+    const line = fatal.split('\n')[0];
+    if (contexts.length > 0) contexts[0].log.fatal(line);
+    else process.stderr.write(`${name}: fatal: ${line}\n`);
+  }
+  for (const ctx of contexts) {
+    try {
+      await ctx.close();
+    } catch (err) {
+      process.stderr.write(`${name}: warning: closing: ${errorText(err)}\n`);
+    }
+  }
+  await drainStdout();
+  process.exit(code);
+}

@@ -1,0 +1,222 @@
+// The one door to PostgreSQL. A server through node-postgres when a URL (or libpq's PG*
+// variables) names one; otherwise the embedded PGlite in $QGUARD_STATE_DIR/pgdata. PGlite is
+// single-process, so opening it first takes an exclusive kernel lock on pgdata.lock and waits
+// a bounded time: two cron jobs in the same minute queue up instead of corrupting it.
+// Both drivers are loaded only when used, to keep every-minute start-up lean.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import os from 'node:os';
+import type pg from 'pg';
+import type { Config } from '../config.js';
+import { PermanentError, TemporaryError } from '../errors.js';
+import { type FileLock, lockFile } from '../io/lock.js';
+
+export type Row = Record<string, unknown>;
+
+export interface QueryResult<T = Row> {
+  rows: T[];
+  rowCount: number;
+}
+
+/** Anything that runs a query: the database itself, or a transaction inside it. */
+export interface Queryable {
+  query<T = Row>(sql: string, params?: readonly unknown[]): Promise<QueryResult<T>>;
+  /** Run a script of several statements (no parameters). */
+  exec(sql: string): Promise<void>;
+}
+
+export interface Db extends Queryable {
+  readonly kind: 'server' | 'embedded';
+  /** Where it is, for messages: the server URL without password, or the data directory. */
+  readonly location: string;
+  /** Run `fn` in one transaction: COMMIT when it returns, ROLLBACK when it throws. */
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /** The node-postgres client, for COPY and LISTEN (server only). */
+  readonly pgClient: pg.Client | null;
+  close(): Promise<void>;
+}
+
+/** SQLSTATE classes that mean "your input was refused", not "the database is in trouble". */
+function isInputError(code: string | undefined): boolean {
+  if (!code) return false;
+  return code.startsWith('22') || code.startsWith('23') || code === 'P0001' || code === '42501';
+}
+
+/**
+ * Turn a driver error into a typed one: refused input (bad value, constraint, a RAISE in our
+ * functions) is permanent (100); everything else (connection, timeouts, server trouble) is
+ * temporary (111). Our own typed errors pass through.
+ */
+export function dbError(err: unknown, what = 'database query failed'): Error {
+  if (err instanceof PermanentError || err instanceof TemporaryError) return err;
+  const e = err as { code?: string; message?: string };
+  const msg = `${what}: ${e.message ?? String(err)}`;
+  return isInputError(e.code) ? new PermanentError(msg, { cause: err }) : new TemporaryError(msg, { cause: err });
+}
+
+/** A URL with its password masked. */
+export function redactUrl(url: string): string {
+  return url.replace(/(\/\/[^:/@]*:)[^@]*@/, '$1***@');
+}
+
+// ---------------------------------------------------------------------------------------
+// Server
+
+async function openServer(config: Config, appName: string): Promise<Db> {
+  const { default: pgModule } = await import('pg');
+  // Counts and ids come back as numbers, as with PGlite; our bigints stay far below 2^53.
+  const types = {
+    getTypeParser(oid: number, format?: 'text' | 'binary') {
+      if (oid === 20) return (v: string) => Number(v);
+      return pgModule.types.getTypeParser(oid, format as 'text');
+    },
+  };
+  const client = new pgModule.Client({
+    connectionString: config.databaseUrl ?? undefined,
+    application_name: appName,
+    types: types as pg.CustomTypesConfig,
+    connectionTimeoutMillis: 15_000,
+  });
+  const location = config.databaseUrl ? redactUrl(config.databaseUrl) : 'PostgreSQL (PG* environment)';
+  // An idle-connection error (server restart) must not crash the process with an unhandled event.
+  client.on('error', () => {});
+  try {
+    await client.connect();
+  } catch (err) {
+    await client.end().catch(() => {});
+    throw new TemporaryError(`unable to connect to database ${location}: ${(err as Error).message}`, { cause: err });
+  }
+  const run = async <T>(sql: string, params?: readonly unknown[]): Promise<QueryResult<T>> => {
+    try {
+      const r = await client.query(sql, params as unknown[] | undefined);
+      return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
+    } catch (err) {
+      throw dbError(err);
+    }
+  };
+  const exec = async (sql: string) => {
+    try {
+      await client.query(sql);
+    } catch (err) {
+      throw dbError(err);
+    }
+  };
+  let inTx = false;
+  return {
+    kind: 'server',
+    location,
+    pgClient: client,
+    query: run,
+    exec,
+    async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+      if (inTx) throw new Error('nested transaction');
+      inTx = true;
+      try {
+        await run('BEGIN');
+        try {
+          const out = await fn({ query: run, exec });
+          await run('COMMIT');
+          return out;
+        } catch (err) {
+          await client.query('ROLLBACK').catch(() => {});
+          throw err;
+        }
+      } finally {
+        inTx = false;
+      }
+    },
+    async close() {
+      await client.end().catch(() => {});
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Embedded
+
+async function openEmbedded(config: Config): Promise<Db> {
+  const dataDir = path.join(config.stateDir, 'pgdata');
+  try {
+    fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o750 });
+  } catch (err) {
+    throw new TemporaryError(`unable to create state directory ${config.stateDir}: ${(err as Error).message}`);
+  }
+  const lock: FileLock | null = await lockFile(path.join(config.stateDir, 'pgdata.lock'), {
+    waitSeconds: config.lockWaitSeconds,
+  });
+  if (!lock) {
+    throw new TemporaryError(
+      `embedded database ${dataDir} is busy: another qguard command held it for ${config.lockWaitSeconds}s`,
+    );
+  }
+  let db;
+  try {
+    const { PGlite } = await import('@electric-sql/pglite');
+    db = await PGlite.create(dataDir);
+  } catch (err) {
+    lock.release();
+    throw new TemporaryError(`unable to open embedded database ${dataDir}: ${(err as Error).message}`, { cause: err });
+  }
+  const pgl = db;
+  const wrap = (q: { query: typeof pgl.query; exec: typeof pgl.exec }): Queryable => ({
+    async query<T>(sql: string, params?: readonly unknown[]): Promise<QueryResult<T>> {
+      try {
+        const r = await q.query<T>(sql, params as unknown[] | undefined);
+        return { rows: r.rows, rowCount: r.affectedRows ?? r.rows.length };
+      } catch (err) {
+        throw dbError(err);
+      }
+    },
+    async exec(sql: string) {
+      try {
+        await q.exec(sql);
+      } catch (err) {
+        throw dbError(err);
+      }
+    },
+  });
+  const top = wrap(pgl);
+  return {
+    kind: 'embedded',
+    location: dataDir,
+    pgClient: null,
+    query: top.query,
+    exec: top.exec,
+    async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+      try {
+        return await pgl.transaction(async (tx) => fn(wrap(tx)));
+      } catch (err) {
+        throw dbError(err);
+      }
+    },
+    async close() {
+      try {
+        await pgl.close();
+      } finally {
+        lock.release();
+      }
+    },
+  };
+}
+
+/** Open the configured database. */
+export async function openDb(config: Config, appName = 'qguard'): Promise<Db> {
+  if (config.databaseUrl || config.usePgEnv) return openServer(config, appName);
+  return openEmbedded(config);
+}
+
+/** The admin running us: the user behind sudo, or the login user. */
+export function adminUser(): string {
+  if (process.env.SUDO_USER) return process.env.SUDO_USER;
+  try {
+    return os.userInfo().username;
+  } catch {
+    return String(process.getuid?.() ?? 'unknown');
+  }
+}
+
+/** Who is acting, for the audit trail. */
+export function currentActor(command: string): string {
+  return `${adminUser()} (${command})`;
+}
