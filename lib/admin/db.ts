@@ -1,7 +1,7 @@
 // `qguard db migrate` and `qguard db status`.
 
 import type { RunContext } from '../cli/run-main.js';
-import { latestMigration, listMigrations, migrate, schemaVersion } from '../db/migrate.js';
+import { appliedMigrations, latestMigration, listMigrations, migrate, schemaVersion } from '../db/migrate.js';
 import { changeCounter } from '../db/rules.js';
 
 /** `qguard db migrate`: create or upgrade the schema (idempotent). */
@@ -17,7 +17,8 @@ export async function dbStatus(ctx: RunContext, opts: { json?: boolean }): Promi
   const db = await ctx.db({ migrating: true });
   const version = await schemaVersion(db);
   const latest = latestMigration();
-  const pending = listMigrations().filter((m) => m.id > (version ?? 0)).map((m) => m.id);
+  const done = await appliedMigrations(db);
+  const pending = listMigrations().filter((m) => !done.has(m.id)).map((m) => m.id);
   const counter = version ? await changeCounter(db).catch(() => null) : null;
   const status = {
     database: db.kind,
@@ -26,7 +27,7 @@ export async function dbStatus(ctx: RunContext, opts: { json?: boolean }): Promi
     latest,
     pending,
     changeCounter: counter,
-    ok: version === latest,
+    ok: pending.length === 0,
   };
   if (opts.json) ctx.printJson(status);
   else {

@@ -54,6 +54,13 @@ export async function schemaVersion(db: Queryable): Promise<number | null> {
   return v.rows[0]?.v ?? 0;
 }
 
+/** The migration ids recorded in the database (empty when the schema is missing). */
+export async function appliedMigrations(db: Queryable): Promise<Set<number>> {
+  if ((await schemaVersion(db)) === null) return new Set();
+  const r = await db.query<{ id: number }>('SELECT id FROM qguard.migrations');
+  return new Set(r.rows.map((row) => Number(row.id)));
+}
+
 /** Refuse to work on a schema that is missing, older or newer than this qguard. */
 export async function checkSchema(db: Queryable): Promise<void> {
   const want = latestMigration();
@@ -61,8 +68,12 @@ export async function checkSchema(db: Queryable): Promise<void> {
   if (have === null || have === 0) {
     throw new PermanentError('the qguard schema is missing from this database: run `qguard db migrate` first');
   }
-  if (have < want) {
-    throw new PermanentError(`the database schema is at version ${have}, this qguard needs ${want}: run \`qguard db migrate\``);
+  const applied = await appliedMigrations(db);
+  const pending = listMigrations().filter((m) => !applied.has(m.id));
+  if (pending.length > 0) {
+    throw new PermanentError(
+      `the database schema is at version ${have}, this qguard needs ${want} (missing ${pending.map((m) => m.id).join(', ')}): run \`qguard db migrate\``,
+    );
   }
   if (have > want) {
     throw new PermanentError(`the database schema (version ${have}) is newer than this qguard (${want}): upgrade qguard`);
@@ -87,9 +98,10 @@ export async function migrate(db: Db): Promise<MigrateResult> {
         applied_at timestamptz NOT NULL DEFAULT now()
       );`);
     const from = (await schemaVersion(db)) ?? 0;
+    const done = await appliedMigrations(db);
     const applied: Migration[] = [];
     for (const m of listMigrations()) {
-      if (m.id <= from) continue;
+      if (done.has(m.id)) continue;
       const sql = fs.readFileSync(m.file, 'utf8');
       await db.transaction(async (tx) => {
         await tx.query('INSERT INTO qguard.migrations (id, name) VALUES ($1, $2)', [m.id, m.name]);
@@ -97,7 +109,7 @@ export async function migrate(db: Db): Promise<MigrateResult> {
       });
       applied.push(m);
     }
-    return { from, to: applied.length ? applied[applied.length - 1].id : from, applied };
+    return { from, to: Math.max(from, ...applied.map((m) => m.id)), applied };
   } finally {
     await db.query('SELECT pg_advisory_unlock($1)', [MIGRATE_LOCK]).catch(() => {});
   }
