@@ -1,0 +1,185 @@
+// The database half of import-spamlist: load one list's networks into a temporary staging
+// table (server: COPY through pg-copy-streams; embedded PGlite: batched arrays with unnest),
+// drop those equal to or inside a live relay/trust network, diff against the source's rules,
+// let the caller refuse, then merge set-wise — all in ONE transaction, so a refused or failed
+// run changes nothing and a reader never sees half a list. No per-entry statements.
+
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Db, Queryable } from './connect.js';
+import { dbError } from './connect.js';
+
+/** What the import would change (or changed): computed before any write. */
+export interface SpamlistDiff {
+  /** Networks of the list after dropping those inside relay/trust networks. */
+  staged: number;
+  /** Networks dropped: equal to or inside a live relay/trust network. */
+  skipped: number;
+  /** A few of them, as `NET inside NET (action, source)`, for the report. */
+  skippedExamples: string[];
+  /** Live rules of the source before the run. */
+  existing: number;
+  /** Networks already stored exactly so (no write). */
+  unchanged: number;
+  /** Networks stored, but with another expiry, reason or action (rewritten). */
+  refreshed: number;
+  /** Networks not stored yet. */
+  added: number;
+  /** Rules of the source not in the list (deleted with `replace`, else 0). */
+  removed: number;
+}
+
+export interface SpamlistMerge {
+  /** `list:NAME`. */
+  source: string;
+  /** Stored as each rule's reason. */
+  reason: string;
+  /** Expiry from now, seconds; null = never. */
+  ttlSeconds: number | null;
+  /** After the run the source holds exactly this list. */
+  replace: boolean;
+  /** Compute and report only. */
+  dryRun: boolean;
+  /** Called with the diff before anything is written; throw to refuse (nothing changes). */
+  check(diff: SpamlistDiff): void;
+  /** Told which phase starts (for a progress line). */
+  onPhase?(phase: string): void;
+}
+
+const STAGE = 'pg_temp.qguard_spamlist_stage';
+
+/** Rows per COPY chunk / per unnest batch. */
+const BATCH = 5000;
+
+/** The networks as COPY text chunks (one network per line), a few hundred kB at a time. */
+function* copyChunks(networks: Iterable<string>): Generator<string> {
+  let buf: string[] = [];
+  for (const n of networks) {
+    buf.push(n);
+    if (buf.length === BATCH) {
+      yield `${buf.join('\n')}\n`;
+      buf = [];
+    }
+  }
+  if (buf.length > 0) yield `${buf.join('\n')}\n`;
+}
+
+async function loadServer(db: Db, networks: Iterable<string>): Promise<void> {
+  const { from: copyFrom } = await import('pg-copy-streams');
+  const client = db.pgClient!;
+  try {
+    const sink = client.query(copyFrom(`COPY ${STAGE} (network) FROM STDIN`));
+    await pipeline(Readable.from(copyChunks(networks)), sink);
+  } catch (err) {
+    throw dbError(err, 'loading the list into the staging table failed');
+  }
+}
+
+async function loadEmbedded(tx: Queryable, networks: Iterable<string>): Promise<void> {
+  let batch: string[] = [];
+  const flush = async () => {
+    await tx.query(`INSERT INTO ${STAGE} (network) SELECT unnest($1::text[])::cidr`, [batch]);
+    batch = [];
+  };
+  for (const n of networks) {
+    batch.push(n);
+    if (batch.length === BATCH) await flush();
+  }
+  if (batch.length > 0) await flush();
+}
+
+/** Apart from the expiry, is a stored rule `r` already what this import would write? */
+const SAME = `r.action = 'deny' AND r.reason IS NOT DISTINCT FROM $2 AND r.who IS NULL`;
+
+/**
+ * Diff the list (`networks`: distinct, aggregated CIDR texts) against the rules of
+ * `opts.source`, call `opts.check`, and unless `dryRun` make the source hold them: insert the
+ * new, rewrite the changed, and with `replace` delete the rest of the source.
+ */
+export async function mergeSpamlist(db: Db, networks: Iterable<string>, opts: SpamlistMerge): Promise<SpamlistDiff> {
+  return db.transaction(async (tx) => {
+    // Two imports of the same list (two hosts' cron) take turns instead of colliding.
+    await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`qguard import-spamlist ${opts.source}`]);
+    await tx.exec(`CREATE TEMP TABLE qguard_spamlist_stage (network cidr NOT NULL) ON COMMIT DROP`);
+    opts.onPhase?.('loading');
+    if (db.pgClient) await loadServer(db, networks);
+    else await loadEmbedded(tx, networks);
+    await tx.exec(`ANALYZE ${STAGE}`);
+
+    // Entries equal to or inside a relay/trust network would be more specific than it and so
+    // override it; partners and logged-in users win over public lists. An entry that merely
+    // contains one stays: the decision rule keeps the relay/trust part allowed.
+    opts.onPhase?.('checking');
+    const skip = await tx.query<{ n: number; examples: string[] | null }>(
+      `WITH gone AS (
+         DELETE FROM ${STAGE} s
+          USING (SELECT network, action, source FROM qguard.live_rules WHERE action IN ('relay', 'trust')) a
+          WHERE s.network <<= a.network
+         RETURNING s.network, a.network AS inside, a.action, a.source)
+       SELECT (SELECT count(*) FROM gone)::int AS n,
+              (SELECT array_agg(x) FROM (SELECT network::text || ' inside ' || inside::text || ' (' || action || ', ' || source || ')' AS x
+                                           FROM gone ORDER BY network LIMIT 5) e) AS examples`,
+    );
+    const ttl = opts.ttlSeconds;
+    const diffRow = await tx.query<{ staged: number; existing: number; matched: number; unchanged: number }>(
+      `SELECT (SELECT count(*) FROM ${STAGE})::int AS staged,
+              (SELECT count(*) FROM qguard.live_rules WHERE source = $1)::int AS existing,
+              count(*)::int AS matched,
+              count(*) FILTER (WHERE ${SAME} AND r.expires_at IS NULL AND $3::double precision IS NULL)::int AS unchanged
+         FROM ${STAGE} s JOIN qguard.live_rules r ON r.network = s.network AND r.source = $1 AND r.host IS NULL`,
+      [opts.source, opts.reason, ttl],
+    );
+    const d = diffRow.rows[0];
+    const diff: SpamlistDiff = {
+      staged: d.staged,
+      skipped: skip.rows[0].n,
+      skippedExamples: skip.rows[0].examples ?? [],
+      existing: d.existing,
+      unchanged: d.unchanged,
+      refreshed: d.matched - d.unchanged,
+      added: d.staged - d.matched,
+      removed: opts.replace ? d.existing - d.matched : 0,
+    };
+    opts.check(diff);
+    if (opts.dryRun) return diff;
+
+    opts.onPhase?.('merging');
+    if (opts.replace && diff.removed + (await expiredOf(tx, opts.source)) > 0) {
+      // Everything of the source that the list no longer names (expired leftovers included).
+      await tx.query(
+        `DELETE FROM qguard.rules r
+          WHERE r.source = $1
+            AND NOT (r.host IS NULL AND EXISTS (SELECT 1 FROM ${STAGE} s WHERE s.network = r.network))`,
+        [opts.source],
+      );
+    }
+    if (diff.added + diff.refreshed > 0) {
+      // New networks, and stored ones that differ (expiry, reason, action) or have expired:
+      // one INSERT; ON CONFLICT rewrites an existing row of the source in place.
+      await tx.query(
+        `INSERT INTO qguard.rules AS r (network, action, source, reason, who, expires_at, host)
+         SELECT s.network, 'deny', $1, $2, NULL,
+                CASE WHEN $3::double precision IS NULL THEN NULL ELSE now() + make_interval(secs => $3::double precision) END,
+                NULL
+           FROM ${STAGE} s
+          WHERE NOT EXISTS (SELECT 1 FROM qguard.live_rules r
+                             WHERE r.network = s.network AND r.source = $1 AND r.host IS NULL
+                               AND ${SAME} AND r.expires_at IS NULL AND $3::double precision IS NULL)
+         ON CONFLICT ON CONSTRAINT rules_unique DO UPDATE
+           SET action = 'deny', reason = EXCLUDED.reason, who = NULL,
+               expires_at = EXCLUDED.expires_at, updated_at = now()`,
+        [opts.source, opts.reason, ttl],
+      );
+    }
+    return diff;
+  });
+}
+
+/** Rules of the source that have expired but are not deleted yet. */
+async function expiredOf(tx: Queryable, source: string): Promise<number> {
+  const r = await tx.query<{ n: number }>(
+    'SELECT count(*)::int AS n FROM qguard.rules WHERE source = $1 AND expires_at <= now()',
+    [source],
+  );
+  return r.rows[0].n;
+}

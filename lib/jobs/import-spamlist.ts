@@ -1,0 +1,326 @@
+// import-spamlist: a public spam IP list (stdin or files) → the deny rules of one source,
+// `list:NAME`. One streaming pass reads the lines (never the whole list as text in memory),
+// applies the guards (QGUARD_MIN_PREFIX, protected addresses) and collects the networks
+// compactly; then the plan is aggregated, diffed against the database and applied in one
+// transaction (lib/db/spamlist.ts). Everything that can refuse the run — HTML instead of a
+// list, an empty input, too many invalid lines, --replace dropping more than half the source,
+// nothing valid to replace with — refuses before anything is written (exit 100).
+
+import fs from 'node:fs';
+import { StringDecoder } from 'node:string_decoder';
+import type { RunContext } from '../cli/run-main.js';
+import { PermanentError, TemporaryError, UsageError, errorText } from '../errors.js';
+import { parseDuration } from '../duration.js';
+import { type Net, netFirst, netLast } from '../net/address.js';
+import { ruleRefusal, sourceRefusal } from '../policy/guards.js';
+import { MAX_LINE, isMarkupLine, parseLine } from '../spamlist/parse-line.js';
+import { EntrySet } from '../spamlist/entry-set.js';
+import { type SpamlistDiff, mergeSpamlist } from '../db/spamlist.js';
+import { safeForTerminal } from '../text.js';
+
+/** Flags of import-spamlist, as commander hands them over. */
+export interface ImportOptions {
+  source?: string;
+  replace?: boolean;
+  force?: boolean;
+  for?: string;
+  maxInvalid?: string;
+  dryRun?: boolean;
+  json?: boolean;
+}
+
+/** The `--json` summary (INTERFACE.md fields first, then ours). */
+export interface ImportSummary {
+  read: number;
+  valid: number;
+  invalid: number;
+  duplicate: number;
+  aggregated: number;
+  added: number;
+  removed: number;
+  unchanged: number;
+  refused: number;
+  source: string;
+  comments: number;
+  skipped: number;
+  refreshed: number;
+  networks: number;
+  replace: boolean;
+  dryRun: boolean;
+  durationMs: number;
+}
+
+/** Problems shown on stderr per kind; the rest are counted. */
+const SHOW = 20;
+/** A list is refused when any of its first lines is markup (a failed download's HTML page). */
+const MARKUP_LINES = 50;
+
+/** Counts of the reading pass. */
+interface ReadStats {
+  read: number;
+  valid: number;
+  invalid: number;
+  comments: number;
+  refused: number;
+}
+
+/** Reports problems with their place, the first SHOW of each kind, and a progress line. */
+class Reporter {
+  private shown = { invalid: 0, refused: 0 };
+  private lastProgress = 0;
+  private progressOn = false;
+  constructor(
+    private ctx: RunContext,
+    private tty: boolean,
+  ) {}
+
+  problem(kind: 'invalid' | 'refused', where: string, reason: string): void {
+    if (this.shown[kind]++ >= SHOW) return;
+    this.clearProgress();
+    this.ctx.log.warn(`${where}: ${kind === 'refused' ? 'refused: ' : ''}${safeForTerminal(reason)}`);
+  }
+
+  /** After the pass: how many were not shown. */
+  finish(stats: ReadStats): void {
+    this.clearProgress();
+    if (stats.invalid > SHOW) this.ctx.log.warn(`${stats.invalid - SHOW} more invalid lines not shown`);
+    if (stats.refused > SHOW) this.ctx.log.warn(`${stats.refused - SHOW} more refused entries not shown`);
+  }
+
+  progress(text: string, force = false): void {
+    if (!this.tty) return;
+    const now = Date.now();
+    if (!force && now - this.lastProgress < 250) return;
+    this.lastProgress = now;
+    this.progressOn = true;
+    process.stderr.write(`\r\x1b[K${this.ctx.command}: ${text}`);
+  }
+
+  clearProgress(): void {
+    if (!this.progressOn) return;
+    process.stderr.write('\r\x1b[K');
+    this.progressOn = false;
+  }
+}
+
+/** Protected space, prepared for a cheap overlap test on the hot path. */
+function guardFor(ctx: RunContext) {
+  const settings = { protectedNets: ctx.protectedNets(), minPrefix: ctx.config.minPrefix };
+  const v4 = settings.protectedNets
+    .filter((p) => p.family === 4)
+    .map((p) => [Number(netFirst(p)), Number(netLast(p))] as const);
+  const min4 = settings.minPrefix[4];
+  /** Why `net` may not be stored, or null. Exactly ruleRefusal(net, 'deny', ...). */
+  return (net: Net): string | null => {
+    if (net.family === 4 && net.prefix >= min4) {
+      const first = Number(net.addr);
+      const last = first + 2 ** (32 - net.prefix) - 1;
+      let touches = false;
+      for (const [pf, pl] of v4) if (first <= pl && pf <= last) touches = true;
+      if (!touches) return null;
+    }
+    return ruleRefusal(net, 'deny', settings);
+  };
+}
+
+function inputError(name: string, err: unknown): Error {
+  const code = (err as NodeJS.ErrnoException).code;
+  const msg = `unable to read ${name}: ${errorText(err)}`;
+  return ['ENOENT', 'EISDIR', 'ENOTDIR', 'EACCES', 'EPERM'].includes(code ?? '')
+    ? new PermanentError(msg)
+    : new TemporaryError(msg);
+}
+
+/**
+ * Stream one input line by line into `onLine(line, number)`. Lines longer than MAX_LINE are cut
+ * (the parser reports them) and the rest of such a line is skipped unread into memory.
+ */
+async function eachLine(stream: NodeJS.ReadableStream, onLine: (line: string, n: number) => void): Promise<void> {
+  const dec = new StringDecoder('utf8');
+  let carry = '';
+  let dropping = false; // inside an overlong line: discard up to the next newline
+  let n = 0;
+  for await (const chunk of stream) {
+    let text = carry + dec.write(chunk as Buffer);
+    carry = '';
+    let start = 0;
+    if (dropping) {
+      const nl = text.indexOf('\n');
+      if (nl < 0) continue;
+      dropping = false;
+      start = nl + 1;
+    }
+    let nl: number;
+    while ((nl = text.indexOf('\n', start)) >= 0) {
+      onLine(text.slice(start, nl), ++n);
+      start = nl + 1;
+    }
+    text = text.slice(start);
+    if (text.length > MAX_LINE) {
+      onLine(text.slice(0, MAX_LINE + 1), ++n);
+      dropping = true;
+    } else {
+      carry = text;
+    }
+  }
+  carry += dec.end();
+  if (carry !== '' && !dropping) onLine(carry, ++n);
+}
+
+/** `import-spamlist [FILE...] --source NAME ...`. */
+export async function importSpamlist(ctx: RunContext, files: string[], opts: ImportOptions): Promise<void> {
+  const started = Date.now();
+  const name = (opts.source ?? '').trim();
+  if (name === '') throw new UsageError('--source NAME is required (entries belong to list:NAME)');
+  const source = `list:${name}`;
+  const bad = sourceRefusal(source);
+  if (bad) throw new UsageError(`--source: ${bad}`);
+  let ttlSeconds: number | null = null;
+  if (opts.for !== undefined) {
+    const d = parseDuration(opts.for);
+    if ('error' in d) throw new UsageError(`--for: ${d.error}`);
+    ttlSeconds = d.seconds;
+  }
+  let maxInvalid = 1;
+  if (opts.maxInvalid !== undefined) {
+    const t = opts.maxInvalid.trim().replace(/%$/, '');
+    maxInvalid = /^\d+(\.\d+)?$/.test(t) ? Number(t) : NaN;
+    if (!(maxInvalid >= 0 && maxInvalid <= 100)) {
+      throw new UsageError(`--max-invalid: a percentage 0-100 is needed: ${JSON.stringify(opts.maxInvalid.slice(0, 40))}`);
+    }
+  }
+  const inputs = files.length > 0 ? files : ['-'];
+  if (inputs.includes('-') && process.stdin.isTTY) {
+    throw new UsageError('no input: pipe a list into import-spamlist or name the files');
+  }
+
+  // --- The streaming pass: parse, guard, collect.
+  const reporter = new Reporter(ctx, Boolean(process.stderr.isTTY));
+  const guard = guardFor(ctx);
+  const set = new EntrySet();
+  const stats: ReadStats = { read: 0, valid: 0, invalid: 0, comments: 0, refused: 0 };
+  for (const file of inputs) {
+    const label = file === '-' ? 'stdin' : file;
+    let stream: NodeJS.ReadableStream;
+    if (file === '-') stream = process.stdin;
+    else {
+      const fd = await fs.promises.open(file, 'r').catch((err: unknown) => {
+        throw inputError(file, err);
+      });
+      stream = fd.createReadStream({ highWaterMark: 256 * 1024 });
+    }
+    let entryLines = 0;
+    try {
+      await eachLine(stream, (line, n) => {
+        stats.read++;
+        if (n <= MARKUP_LINES && isMarkupLine(line)) {
+          throw new PermanentError(
+            `${label}:${n}: looks like an HTML page, not a list (a failed download?): refused, nothing changed`,
+          );
+        }
+        const r = parseLine(line);
+        if (r.kind === 'skip') {
+          stats.comments++;
+        } else if (r.kind === 'invalid') {
+          entryLines++;
+          stats.invalid++;
+          reporter.problem('invalid', `${label}:${n}`, r.reason);
+        } else {
+          entryLines++;
+          stats.valid++;
+          for (const net of r.nets) {
+            const refusal = guard(net);
+            if (refusal === null) set.add(net);
+            else {
+              stats.refused++;
+              reporter.problem('refused', `${label}:${n}`, refusal);
+            }
+          }
+        }
+        if ((stats.read & 0xfff) === 0) reporter.progress(`${stats.read} lines read`);
+      });
+    } catch (err) {
+      if (err instanceof PermanentError || err instanceof TemporaryError) throw err;
+      throw inputError(label, err);
+    } finally {
+      if (file !== '-') (stream as fs.ReadStream).destroy();
+    }
+    if (entryLines === 0) {
+      throw new PermanentError(`${label}: no entries (empty, or only comments): refused, nothing changed`);
+    }
+  }
+  reporter.finish(stats);
+
+  const entries = stats.valid + stats.invalid;
+  const invalidPct = (100 * stats.invalid) / entries;
+  if (invalidPct > maxInvalid) {
+    throw new PermanentError(
+      `${stats.invalid} of ${entries} entry lines are invalid (${invalidPct.toFixed(1)}% > --max-invalid ${maxInvalid}%): refused, nothing changed`,
+    );
+  }
+  if (set.size === 0) {
+    throw new PermanentError(`no valid entries to import (${stats.refused} refused): refused, nothing changed`);
+  }
+
+  // --- Plan: deduplicate and aggregate.
+  reporter.progress('aggregating', true);
+  const agg = set.aggregate(ctx.config.minPrefix);
+
+  // --- Diff and apply, in one transaction.
+  const db = await ctx.db();
+  const diff: SpamlistDiff = await mergeSpamlist(db, agg.texts(), {
+    source,
+    reason: `listed by ${name}`,
+    ttlSeconds,
+    replace: Boolean(opts.replace),
+    dryRun: Boolean(opts.dryRun),
+    onPhase: (phase) => reporter.progress(phase, true),
+    check(d) {
+      if (!opts.replace) return;
+      if (d.staged === 0) {
+        throw new PermanentError(
+          `--replace with no entries left to store (${d.skipped} inside relay/trust networks): refused, nothing changed`,
+        );
+      }
+      if (!opts.force && d.removed * 2 > d.existing) {
+        throw new PermanentError(
+          `--replace would remove ${d.removed} of the ${d.existing} entries of ${source} (more than half): refused, nothing changed; use --force if the list really shrank`,
+        );
+      }
+    },
+  });
+  reporter.clearProgress();
+  if (diff.skipped > 0) {
+    ctx.log.warn(
+      `${diff.skipped} entr${diff.skipped === 1 ? 'y' : 'ies'} skipped, equal to or inside a relay/trust network (partners win over lists): ${diff.skippedExamples.join('; ')}${diff.skipped > diff.skippedExamples.length ? '; ...' : ''}`,
+    );
+  }
+
+  const summary: ImportSummary = {
+    read: stats.read,
+    valid: stats.valid,
+    invalid: stats.invalid,
+    duplicate: agg.duplicate,
+    aggregated: agg.aggregated,
+    added: diff.added,
+    removed: diff.removed,
+    unchanged: diff.unchanged,
+    refused: stats.refused,
+    source,
+    comments: stats.comments,
+    skipped: diff.skipped,
+    refreshed: diff.refreshed,
+    networks: diff.staged,
+    replace: Boolean(opts.replace),
+    dryRun: Boolean(opts.dryRun),
+    durationMs: Date.now() - started,
+  };
+  const line =
+    `${source}: ${opts.dryRun ? 'would add' : 'added'} ${diff.added}, ${opts.dryRun ? 'rewrite' : 'rewrote'} ${diff.refreshed}, ` +
+    `${opts.dryRun ? 'remove' : 'removed'} ${diff.removed}, unchanged ${diff.unchanged} ` +
+    `(${stats.read} lines: ${stats.valid} valid, ${stats.invalid} invalid, ${agg.duplicate} duplicate, ` +
+    `${agg.aggregated} aggregated, ${stats.refused} refused, ${diff.skipped} skipped)`;
+  if (opts.json) ctx.printJson(summary);
+  else if (opts.dryRun) ctx.print(`dry run: ${line}\n`);
+  else ctx.log.info(line);
+}

@@ -1,0 +1,167 @@
+// The accepted networks of one import, held compactly while the list streams by (IPv4 as one
+// number each in a Float64Array: 8 bytes an entry, never the text), then deduplicated and
+// aggregated iprange-style into the fewest CIDRs covering exactly their union — but never a
+// CIDR broader than QGUARD_MIN_PREFIX, so merging neighbours cannot make a refused entry.
+// Pure: no I/O.
+
+import { type Net, FAMILY_BITS, formatNet } from '../net/address.js';
+import { type Range, mergeRanges } from '../net/cidr-set.js';
+
+/** The outcome of aggregation: counts and the networks to store. */
+export interface AggregateResult {
+  /** Distinct networks in the input. */
+  unique: number;
+  /** Entries identical to an earlier one. */
+  duplicate: number;
+  /** Distinct networks absorbed by merging (inside another, or joined with neighbours). */
+  aggregated: number;
+  /** Networks to store. */
+  networks: number;
+  /** The networks as CIDR text (`1.2.3.0/24`, `1.2.3.4/32`), IPv4 first, in address order. */
+  texts(): Generator<string>;
+}
+
+/**
+ * The fewest CIDRs covering exactly [first, last], none broader than /minPrefix.
+ * (rangeToCidrs of lib/net/cidr-set.ts with a floor on the prefix.)
+ */
+export function rangeToCidrsCapped(range: Range, minPrefix: number): Net[] {
+  const bits = FAMILY_BITS[range.family];
+  const maxSize = bits - minPrefix;
+  const out: Net[] = [];
+  let start = range.first;
+  while (start <= range.last) {
+    let size = 0;
+    while (size < maxSize) {
+      const next = 1n << BigInt(size + 1);
+      if (start % next !== 0n || start + next - 1n > range.last) break;
+      size++;
+    }
+    out.push({ family: range.family, addr: start, prefix: bits - size });
+    start += 1n << BigInt(size);
+  }
+  return out;
+}
+
+/**
+ * rangeToCidrsCapped for IPv4 on plain numbers (exact: every value stays below 2^33), calling
+ * `emit(addr, prefix)` per CIDR. Used for the million-entry case; tested equal to the above.
+ */
+export function v4RangeToCidrs(first: number, last: number, minPrefix: number, emit: (addr: number, prefix: number) => void): void {
+  const maxSize = 32 - minPrefix;
+  let start = first;
+  while (start <= last) {
+    let size = 0;
+    while (size < maxSize) {
+      const next = 2 ** (size + 1);
+      if (start % next !== 0 || start + next - 1 > last) break;
+      size++;
+    }
+    emit(start, 32 - size);
+    start += 2 ** size;
+  }
+}
+
+function v4Text(addr: number, prefix: number): string {
+  return `${Math.floor(addr / 16777216)}.${Math.floor(addr / 65536) % 256}.${Math.floor(addr / 256) % 256}.${addr % 256}/${prefix}`;
+}
+
+/** Collects networks; `aggregate()` once at the end. */
+export class EntrySet {
+  /** IPv4 entries as addr * 64 + prefix: one number sorts by address, then broadest first. */
+  private v4 = new Float64Array(1 << 16);
+  private n4 = 0;
+  private v6: Net[] = [];
+
+  /** Entries added so far (duplicates included). */
+  get size(): number {
+    return this.n4 + this.v6.length;
+  }
+
+  add(net: Net): void {
+    if (net.family === 4) this.addV4(Number(net.addr), net.prefix);
+    else this.v6.push(net);
+  }
+
+  /** Add an IPv4 network given as numbers (address with host bits clear, prefix 0-32). */
+  addV4(addr: number, prefix: number): void {
+    if (this.n4 === this.v4.length) {
+      const bigger = new Float64Array(this.v4.length * 2);
+      bigger.set(this.v4);
+      this.v4 = bigger;
+    }
+    this.v4[this.n4++] = addr * 64 + prefix;
+  }
+
+  /** Deduplicate and aggregate; no CIDR broader than `minPrefix` per family. */
+  aggregate(minPrefix: { 4: number; 6: number }): AggregateResult {
+    // IPv4: sort the packed numbers (native numeric sort), count repeats, merge touching spans.
+    const keys = this.v4.subarray(0, this.n4).sort();
+    let unique = 0;
+    let duplicate = 0;
+    const out4 = new Float64Array(Math.max(1, this.n4));
+    let m4 = 0;
+    const emit = (addr: number, prefix: number) => {
+      out4[m4++] = addr * 64 + prefix;
+    };
+    let curFirst = -1;
+    let curLast = -2;
+    let prev = -1;
+    for (let i = 0; i < keys.length; i++) {
+      const k = keys[i];
+      if (k === prev) {
+        duplicate++;
+        continue;
+      }
+      prev = k;
+      unique++;
+      const prefix = k % 64;
+      const first = (k - prefix) / 64;
+      const last = first + 2 ** (32 - prefix) - 1;
+      if (first <= curLast + 1) {
+        if (last > curLast) curLast = last;
+      } else {
+        if (curFirst >= 0) v4RangeToCidrs(curFirst, curLast, minPrefix[4], emit);
+        curFirst = first;
+        curLast = last;
+      }
+    }
+    if (curFirst >= 0) v4RangeToCidrs(curFirst, curLast, minPrefix[4], emit);
+    // The input array is no longer needed: let it go before the database work.
+    this.v4 = new Float64Array(0);
+    this.n4 = 0;
+
+    // IPv6: rare and few; plain objects and bigints.
+    const seen = new Set<string>();
+    const ranges: Range[] = [];
+    for (const net of this.v6) {
+      const key = `${net.addr}/${net.prefix}`;
+      if (seen.has(key)) {
+        duplicate++;
+        continue;
+      }
+      seen.add(key);
+      unique++;
+      const last = net.addr | ((1n << BigInt(128 - net.prefix)) - 1n);
+      ranges.push({ family: 6, first: net.addr, last });
+    }
+    this.v6 = [];
+    const out6 = mergeRanges(ranges).flatMap((r) => rangeToCidrsCapped(r, minPrefix[6]));
+
+    const networks = m4 + out6.length;
+    return {
+      unique,
+      duplicate,
+      aggregated: unique - networks,
+      networks,
+      *texts() {
+        for (let i = 0; i < m4; i++) {
+          const k = out4[i];
+          const prefix = k % 64;
+          yield v4Text((k - prefix) / 64, prefix);
+        }
+        for (const net of out6) yield formatNet(net);
+      },
+    };
+  }
+}
