@@ -5,10 +5,12 @@ import { newProgram, runMain } from '../lib/cli/run-main.js';
 import { registerDb } from '../lib/cli/commands/db.js';
 import { registerIp } from '../lib/cli/commands/ip.js';
 import { registerDomain } from '../lib/cli/commands/domain.js';
+import { registerFirewall } from '../lib/cli/commands/firewall.js';
 
 const program = newProgram('qguard', 'spam blocking for qmail: IP rules, domains, queue review, quarantine, status');
 registerDb(program);
 registerIp(program);
 registerDomain(program);
+registerFirewall(program);
 
 await runMain(program);
