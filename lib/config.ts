@@ -147,7 +147,7 @@ type Origin = { kind: 'flag'; name: string } | { kind: 'env'; name: string } | {
 
 function fail(origin: Origin, msg: string): never {
   if (origin.kind === 'flag') throw new UsageError(`${origin.name}: ${msg}`);
-  throw new PermanentError(`${origin.kind === 'env' ? 'environment' : origin.name}: ${msg}`);
+  throw new PermanentError(`${origin.kind === 'env' ? `${origin.name} (environment)` : origin.name}: ${msg}`);
 }
 
 function parseBool(v: string, origin: Origin): boolean {
