@@ -2,7 +2,8 @@
 // qmail-queue, logger). Argument arrays, never shell strings; data on stdin; a timeout; a
 // failure becomes a TemporaryError that carries the program's own words.
 
-import { execa, type Options } from 'execa';
+import { spawn } from 'node:child_process';
+import type { Options } from 'execa';
 import type { Readable } from 'node:stream';
 import { TemporaryError } from '../errors.js';
 
@@ -50,6 +51,8 @@ export async function runProgram(file: string, args: readonly string[], opts: Ru
     cmd = '/bin/sh';
   }
   const stdio = [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe', ...(opts.extraFds ?? [])] as Options['stdio'];
+  // execa is loaded on first use: most runs of the every-minute jobs never start a program.
+  const { execa } = await import('execa');
   let result;
   try {
     result = await execa(cmd, argv, {
@@ -117,4 +120,36 @@ export function splitCommand(line: string): string[] {
   if (quote) throw new Error(`unbalanced quote in ${JSON.stringify(line)}`);
   if (has || cur) out.push(cur);
   return out;
+}
+
+/**
+ * A small program with no input and little output (flock, a probe), run with node's own
+ * child_process: the every-minute jobs take their lock this way without loading execa.
+ * Same error rules as runProgram.
+ */
+export function runSmall(
+  file: string,
+  args: readonly string[],
+  opts: { timeoutMs?: number; okExitCodes?: number[]; extraFds?: number[] } = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe', ...(opts.extraFds ?? [])] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(new TemporaryError(`unable to run ${file}: ${err.code === 'ENOENT' ? 'program not found' : err.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === null) return reject(new TemporaryError(`${file} was killed by ${signal}`));
+      if (!(opts.okExitCodes ?? [0]).includes(code)) {
+        return reject(new TemporaryError(`${file} failed (exit ${code})${stderr.trim() ? `: ${tail(stderr)}` : ''}`));
+      }
+      resolve({ exitCode: code, stdout, stderr });
+    });
+  });
 }

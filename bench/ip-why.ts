@@ -1,0 +1,122 @@
+// Benchmark: `qguard ip why` at 1,000,000 rules (issue 2; goal: under 50 ms of query time).
+// Fills a fresh database on the local PostgreSQL server with 1,000,000 mixed rules (IPv4 /32
+// denies, /24 and /16 denies, relay and trust addresses, IPv6 /64 denies), then times the
+// candidate query (`network >>= ip` on the GiST index) for random addresses in-process, shows
+// its plan, and times the whole command as an admin runs it.
+//
+// Run: npm run build:bench && node dist/bench/ip-why.js   (RULES=N to change the size)
+
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { resolveConfig } from '../lib/config.js';
+import { openDb } from '../lib/db/connect.js';
+import { migrate } from '../lib/db/migrate.js';
+import { rulesContaining } from '../lib/db/rules.js';
+import { decide } from '../lib/policy/decide.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const ADMIN_URL = process.env.QGUARD_TEST_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1/postgres';
+const RULES = Number(process.env.RULES ?? 1_000_000);
+const NAME = 'qguard_bench_why';
+
+const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))];
+
+async function main() {
+  const admin = new pg.Client({ connectionString: ADMIN_URL });
+  await admin.connect();
+  await admin.query(`DROP DATABASE IF EXISTS ${NAME} WITH (FORCE)`);
+  await admin.query(`CREATE DATABASE ${NAME}`);
+  await admin.end();
+  const u = new URL(ADMIN_URL);
+  u.pathname = `/${NAME}`;
+  const url = u.toString();
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'qguard-bench-'));
+  const config = resolveConfig({ flags: {}, env: { QGUARD_DATABASE_URL: url, QGUARD_STATE_DIR: stateDir }, file: null, hostname: 'bench' });
+  const db = await openDb(config, 'bench');
+  await migrate(db);
+
+  // The mix: 93% single-address denies, 5% /24 denies, 0.5% /16 denies, 1% relay, 0.5% trust
+  // (some of them inside denied networks), the rest IPv6 /64 denies.
+  const n32 = Math.floor(RULES * 0.93);
+  const n24 = Math.floor(RULES * 0.05);
+  const n16 = Math.floor(RULES * 0.005);
+  const nRelay = Math.floor(RULES * 0.01);
+  const nTrust = Math.floor(RULES * 0.005);
+  const n6 = RULES - n32 - n24 - n16 - nRelay - nTrust;
+  let t0 = process.hrtime.bigint();
+  await db.exec(`
+    INSERT INTO qguard.rules (network, action, source)
+      SELECT ('0.0.0.0'::inet + (16777216::bigint + i::bigint * 2503))::cidr, 'deny', 'list:bench' FROM generate_series(1, ${n32}) i;
+    INSERT INTO qguard.rules (network, action, source)
+      SELECT set_masklen(('0.0.0.0'::inet + (16777216::bigint + i::bigint * 256 * 37)), 24)::cidr, 'deny', 'list:bench24' FROM generate_series(1, ${n24}) i;
+    INSERT INTO qguard.rules (network, action, source)
+      SELECT set_masklen(('0.0.0.0'::inet + (16777216::bigint + i::bigint * 65536 * 7)), 16)::cidr, 'deny', 'list:bench16' FROM generate_series(1, ${n16}) i;
+    INSERT INTO qguard.rules (network, action, source, expires_at)
+      SELECT ('0.0.0.0'::inet + (16777216::bigint + i::bigint * 9473 + 5))::cidr, 'relay', 'login', now() + interval '1 day' FROM generate_series(1, ${nRelay}) i;
+    INSERT INTO qguard.rules (network, action, source)
+      SELECT ('0.0.0.0'::inet + (16777216::bigint + i::bigint * 7919 + 3))::cidr, 'trust', 'manual' FROM generate_series(1, ${nTrust}) i;
+    INSERT INTO qguard.rules (network, action, source)
+      SELECT set_masklen(('2001:db8::'::inet + (i::bigint << 20)), 64)::cidr, 'deny', 'list:bench6' FROM generate_series(1, ${n6}) i;
+    ANALYZE qguard.rules;`);
+  const count = (await db.query<{ n: number }>('SELECT count(*) AS n FROM qguard.rules')).rows[0].n;
+  console.log(`filled ${count} rules in ${(ms(t0) / 1000).toFixed(1)} s`);
+
+  // Random addresses across the filled space: most match one to three rules, some none.
+  const ips: string[] = [];
+  for (let i = 0; i < 500; i++) {
+    const v = 16777216 + Math.floor(Math.random() * 2503 * n32);
+    ips.push(`${v >>> 24}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`);
+  }
+  for (let i = 1; i <= 20; i++) {
+    const v = 16777216 + i * 2503; // exact /32 hits
+    ips.push(`${v >>> 24}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`);
+  }
+  const times: number[] = [];
+  const decisions: Record<string, number> = {};
+  for (const ip of ips) {
+    const parsed = (await import('../lib/net/address.js')).parseIp(ip);
+    if (!parsed.ok) throw new Error(parsed.error);
+    t0 = process.hrtime.bigint();
+    const rules = await rulesContaining(db, parsed.net, 'bench');
+    times.push(ms(t0));
+    const d = decide(parsed.net, rules).decision;
+    decisions[d] = (decisions[d] ?? 0) + 1;
+  }
+  const plan = await db.query<{ 'QUERY PLAN': string }>(
+    `EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM qguard.live_rules WHERE network >>= $1::inet AND (host IS NULL OR host = 'bench')`,
+    [ips[0]],
+  );
+  await db.close();
+
+  console.log('candidate query plan:');
+  for (const row of plan.rows) console.log(`  ${row['QUERY PLAN']}`);
+  console.log(`decisions of the probes: ${JSON.stringify(decisions)}`);
+  console.log(
+    `ip why query time over ${times.length} addresses at ${count} rules: median ${pct(times, 50).toFixed(2)} ms, p95 ${pct(times, 95).toFixed(2)} ms, max ${Math.max(...times).toFixed(2)} ms (goal < 50 ms)`,
+  );
+
+  // The whole command, as an admin types it (node start-up, connect, schema check, query).
+  const cli: number[] = [];
+  for (let i = 0; i < 7; i++) {
+    t0 = process.hrtime.bigint();
+    execFileSync(process.execPath, [path.join(ROOT, 'dist/bin/qguard.js'), 'ip', 'why', ips[i], '--json'], {
+      env: { ...process.env, QGUARD_DATABASE_URL: url, QGUARD_STATE_DIR: stateDir, QGUARD_CONFIG: '/dev/null' },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    cli.push(ms(t0));
+  }
+  console.log(`qguard ip why --json, whole command: median ${pct(cli, 50).toFixed(0)} ms (node start-up included)`);
+
+  const a2 = new pg.Client({ connectionString: ADMIN_URL });
+  await a2.connect();
+  await a2.query(`DROP DATABASE IF EXISTS ${NAME} WITH (FORCE)`);
+  await a2.end();
+  fs.rmSync(stateDir, { recursive: true, force: true });
+}
+
+await main();
