@@ -101,7 +101,7 @@ export async function mergeSpamlist(db: Db, networks: Iterable<string>, opts: Sp
     // Two imports of the same list (two hosts' cron) take turns instead of colliding.
     await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`qguard import-spamlist ${opts.source}`]);
     await tx.exec(`CREATE TEMP TABLE qguard_spamlist_stage (network cidr NOT NULL) ON COMMIT DROP`);
-    opts.onPhase?.('loading');
+    opts.onPhase?.('loading the staging table');
     if (db.pgClient) await loadServer(db, networks);
     else await loadEmbedded(tx, networks);
     await tx.exec(`ANALYZE ${STAGE}`);
@@ -109,7 +109,7 @@ export async function mergeSpamlist(db: Db, networks: Iterable<string>, opts: Sp
     // Entries equal to or inside a relay/trust network would be more specific than it and so
     // override it; partners and logged-in users win over public lists. An entry that merely
     // contains one stays: the decision rule keeps the relay/trust part allowed.
-    opts.onPhase?.('checking');
+    opts.onPhase?.('dropping entries inside relay/trust networks');
     const skip = await tx.query<{ n: number; examples: string[] | null }>(
       `WITH gone AS (
          DELETE FROM ${STAGE} s
@@ -121,6 +121,7 @@ export async function mergeSpamlist(db: Db, networks: Iterable<string>, opts: Sp
                                            FROM gone ORDER BY network LIMIT 5) e) AS examples`,
     );
     const ttl = opts.ttlSeconds;
+    opts.onPhase?.('comparing');
     const diffRow = await tx.query<{ staged: number; existing: number; matched: number; unchanged: number }>(
       `SELECT (SELECT count(*) FROM ${STAGE})::int AS staged,
               (SELECT count(*) FROM qguard.live_rules WHERE source = $1)::int AS existing,

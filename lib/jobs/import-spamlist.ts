@@ -69,6 +69,7 @@ class Reporter {
   private shown = { invalid: 0, refused: 0 };
   private lastProgress = 0;
   private progressOn = false;
+  private readonly started = Date.now();
   constructor(
     private ctx: RunContext,
     private tty: boolean,
@@ -94,6 +95,15 @@ class Reporter {
     this.lastProgress = now;
     this.progressOn = true;
     process.stderr.write(`\r\x1b[K${this.ctx.command}: ${text}`);
+  }
+
+  /** A new phase: on the progress line, and with its start time under --verbose. */
+  phase(name: string): void {
+    this.progress(name, true);
+    if (this.ctx.log.verbose) {
+      this.clearProgress();
+      this.ctx.log.info(`${name} (${Date.now() - this.started} ms)`);
+    }
   }
 
   clearProgress(): void {
@@ -263,7 +273,7 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
   }
 
   // --- Plan: deduplicate and aggregate.
-  reporter.progress('aggregating', true);
+  reporter.phase(`aggregating ${set.size} networks`);
   const agg = set.aggregate(ctx.config.minPrefix);
 
   // --- Diff and apply, in one transaction.
@@ -274,7 +284,7 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
     ttlSeconds,
     replace: Boolean(opts.replace),
     dryRun: Boolean(opts.dryRun),
-    onPhase: (phase) => reporter.progress(phase, true),
+    onPhase: (phase) => reporter.phase(phase),
     check(d) {
       if (!opts.replace) return;
       if (d.staged === 0) {
@@ -289,7 +299,7 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
       }
     },
   });
-  reporter.clearProgress();
+  reporter.phase('done');
   if (diff.skipped > 0) {
     ctx.log.warn(
       `${diff.skipped} entr${diff.skipped === 1 ? 'y' : 'ies'} skipped, equal to or inside a relay/trust network (partners win over lists): ${diff.skippedExamples.join('; ')}${diff.skipped > diff.skippedExamples.length ? '; ...' : ''}`,

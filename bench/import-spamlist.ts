@@ -1,0 +1,168 @@
+// Benchmark: import-spamlist on a generated 1,000,000-line list (IPv4 addresses, CIDRs,
+// Spamhaus DROP lines, ranges, tcprules lines, some IPv6, comments, blank lines, some junk)
+// against the floor measured in the same run: `psql \copy` of the same networks into a plain
+// table of one cidr column. Prints both, the ratio, and the importer's max RSS (the list is
+// streamed: memory stays bounded, far below the list's size as text).
+//
+// Run (needs the local PostgreSQL server and a built dist/):
+//   npx tsc -p . && npx tsc --outDir dist --rootDir . --module NodeNext --moduleResolution NodeNext \
+//     --target ES2022 --types node --skipLibCheck bench/import-spamlist.ts && node dist/bench/import-spamlist.js
+// Options: LINES=N (default 1000000), KEEP=1 (keep the generated list), QGUARD_TEST_ADMIN_URL (default postgresql://postgres@127.0.0.1/postgres).
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = fs.existsSync(path.join(ROOT, 'dist/bin')) ? path.join(ROOT, 'dist/bin') : path.join(ROOT, 'bin');
+const ADMIN_URL = process.env.QGUARD_TEST_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1/postgres';
+const LINES = Number(process.env.LINES ?? 1_000_000);
+
+/** A small deterministic PRNG (mulberry32), so every run imports the same list. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const quad = (n: number) => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+
+/** Write the list and, beside it, the networks it names in plain CIDR form (the floor's input). */
+function generate(dir: string): { list: string; plain: string; bytes: number } {
+  const rnd = prng(42);
+  const list = path.join(dir, 'list.txt');
+  const plain = path.join(dir, 'plain.txt');
+  const lf = fs.openSync(list, 'w');
+  const pf = fs.openSync(plain, 'w');
+  let lbuf: string[] = [];
+  let pbuf: string[] = [];
+  const flush = () => {
+    fs.writeSync(lf, lbuf.join(''));
+    fs.writeSync(pf, pbuf.join(''));
+    lbuf = [];
+    pbuf = [];
+  };
+  // Public-looking space only: 1.0.0.0 - 126.255.255.255 and 128.0.0.0 - 223.255.255.255.
+  const addr = () => {
+    const first = 1 + Math.floor(rnd() * 222);
+    const a = first === 127 ? 128 : first;
+    return ((a << 24) >>> 0) + Math.floor(rnd() * 16777216);
+  };
+  lbuf.push('# generated spam list for bench/import-spamlist.ts\r\n; Spamhaus-style header\n');
+  for (let i = 0; i < LINES - 1; i++) {
+    const r = rnd();
+    if (r < 0.8) {
+      const a = addr();
+      lbuf.push(`${quad(a)}\n`);
+      pbuf.push(`${quad(a)}/32\n`);
+    } else if (r < 0.88) {
+      const p = 20 + Math.floor(rnd() * 10);
+      const a = addr() & ~(2 ** (32 - p) - 1);
+      const n = `${quad(a >>> 0)}/${p}`;
+      lbuf.push(`${n}\n`);
+      pbuf.push(`${n}\n`);
+    } else if (r < 0.92) {
+      const a = addr() & ~255;
+      const n = `${quad(a >>> 0)}/24`;
+      lbuf.push(`${n} ; SBL${Math.floor(rnd() * 1e6)}\r\n`);
+      pbuf.push(`${n}\n`);
+    } else if (r < 0.93) {
+      const a = addr() & ~255;
+      lbuf.push(`${quad(a >>> 0)}-${quad((a | 15) >>> 0)}\n`);
+      pbuf.push(`${quad(a >>> 0)}/28\n`);
+    } else if (r < 0.94) {
+      const a = addr() & ~255;
+      lbuf.push(`${quad(a >>> 0).replace(/0$/, '')}:deny\n`);
+      pbuf.push(`${quad(a >>> 0)}/24\n`);
+    } else if (r < 0.95) {
+      const h = Math.floor(rnd() * 65536).toString(16);
+      lbuf.push(`2001:db8:${h}::/48\n`);
+      pbuf.push(`2001:db8:${h}::/48\n`);
+    } else if (r < 0.98) {
+      lbuf.push(`# comment ${i}\n`);
+    } else if (r < 0.995) {
+      lbuf.push('\n');
+    } else {
+      lbuf.push(rnd() < 0.5 ? `0${quad(addr()).slice(1)}x\n` : `junk line ${i}\n`);
+    }
+    if (lbuf.length >= 10_000) flush();
+  }
+  flush();
+  fs.closeSync(lf);
+  fs.closeSync(pf);
+  return { list, plain, bytes: fs.statSync(list).size };
+}
+
+/** Run a command under /usr/bin/time: wall seconds, max RSS in MB, its output. */
+function timed(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}) {
+  const t0 = process.hrtime.bigint();
+  const stdin = opts.input ? fs.openSync(opts.input, 'r') : 'ignore';
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', cmd, ...args], {
+    stdio: [stdin, 'pipe', 'pipe'],
+    env: opts.env ?? process.env,
+    maxBuffer: 256 * 1024 * 1024,
+    encoding: 'utf8',
+  });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (typeof stdin === 'number') fs.closeSync(stdin);
+  const lines = r.stderr.trim().split('\n');
+  const rssMb = Number(lines[lines.length - 1]) / 1024;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return { seconds, rssMb, stdout: r.stdout, stderr: lines.slice(0, -1).join('\n') };
+}
+
+function main(): void {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qguard-bench-'));
+  const dbName = `qguard_bench_${process.pid}`;
+  const u = new URL(ADMIN_URL);
+  u.pathname = `/${dbName}`;
+  const url = u.toString();
+  const psql = (db: string, sql: string) => execFileSync('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', db, '-c', sql], { encoding: 'utf8' });
+  try {
+    const g = generate(dir);
+    console.log(`list: ${LINES} lines, ${(g.bytes / 1e6).toFixed(1)} MB (${dir})`);
+    psql(ADMIN_URL, `CREATE DATABASE ${dbName}`);
+    const env = { ...process.env, QGUARD_DATABASE_URL: url, QGUARD_STATE_DIR: dir, QGUARD_CONFIG: '/dev/null' };
+    execFileSync(process.execPath, [path.join(BIN, 'qguard.js'), 'db', 'migrate'], { env });
+
+    // The floor: psql \copy of the same networks into a plain table.
+    psql(url, 'CREATE TABLE plain (network cidr NOT NULL)');
+    const floor = timed('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', url, '-c', `\\copy plain (network) FROM '${g.plain}'`]);
+
+    const imp = (label: string, args: string[]) => {
+      const r = timed(process.execPath, [path.join(BIN, 'import-spamlist.js'), '--source', 'bench', '--json', ...args], {
+        input: g.list,
+        env,
+      });
+      const s = JSON.parse(r.stdout) as Record<string, number>;
+      console.log(
+        `${label.padEnd(34)} ${r.seconds.toFixed(2).padStart(6)} s  ${(r.seconds / floor.seconds).toFixed(1).padStart(5)}x floor  max RSS ${r.rssMb.toFixed(0)} MB` +
+          `  (valid ${s.valid}, invalid ${s.invalid}, duplicate ${s.duplicate}, aggregated ${s.aggregated}, added ${s.added}, unchanged ${s.unchanged}, refreshed ${s.refreshed})`,
+      );
+      return r;
+    };
+    console.log(`${'floor: psql \\copy into a plain table'.padEnd(34)} ${floor.seconds.toFixed(2).padStart(6)} s   1.0x floor  max RSS ${floor.rssMb.toFixed(0)} MB`);
+    imp('import-spamlist, first import', []);
+    imp('import-spamlist, same list again', []);
+    imp('import-spamlist --replace --for 2d', ['--replace', '--for', '2d']);
+    imp('import-spamlist --dry-run', ['--replace', '--dry-run']);
+    console.log('(the machine is shared: figures are noisy; compare with the floor of the same run)');
+  } finally {
+    try {
+      psql(ADMIN_URL, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    } catch {
+      // already gone
+    }
+    if (process.env.KEEP) console.log(`kept ${dir}`);
+    else fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main();
