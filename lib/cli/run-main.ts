@@ -28,9 +28,13 @@ export interface RunContext {
   protectedNets(): Net[];
   /**
    * Take this host's lock for a job (`sync-rules`, `scan-queue`, ...). When another run holds
-   * it, throws LockBusy: the run ends quietly with exit 0, like `setlock -nx`.
+   * it, throws LockBusy: the run ends quietly with exit 0, like `setlock -nx`. The run is then
+   * recorded in qguard.job_runs when it ends (ok or failed, with its summary and error) unless
+   * `record` is false (dry runs).
    */
-  jobLock(job: string): Promise<void>;
+  jobLock(job: string, opts?: { record?: boolean }): Promise<void>;
+  /** The job's summary (its --json document), kept with the job record. */
+  jobSummary(summary: unknown): void;
   /** Was this option given on the command line (not from env, file or default)? */
   fromCli(option: string): boolean;
   /** Write text to stdout. */
@@ -86,9 +90,16 @@ export function newProgram(name: string, description: string): Command {
   return program;
 }
 
-const openContexts: (RunContext & { close(): Promise<void> })[] = [];
+const openContexts: OpenContext[] = [];
 
-function makeContext(command: string, cmd: Command): RunContext & { close(): Promise<void> } {
+/** What runMain needs beyond the RunContext. */
+interface OpenContext extends RunContext {
+  /** Record a job run (when jobLock was taken) with its outcome. */
+  recordRun(exitCode: number, error: string | null): Promise<void>;
+  close(): Promise<void>;
+}
+
+function makeContext(command: string, cmd: Command): OpenContext {
   const all = cmd.optsWithGlobals() as Record<string, unknown>;
   const flags: Record<string, string | undefined> = {};
   for (const spec of CONFIG_KEYS) {
@@ -104,6 +115,7 @@ function makeContext(command: string, cmd: Command): RunContext & { close(): Pro
   let prot: Net[] | null = null;
   const locks: FileLock[] = [];
   const deferred: (() => void | Promise<void>)[] = [];
+  let job: { name: string; startedAt: Date; summary: unknown } | null = null;
   const sources = (option: string): string | undefined => {
     for (let c: Command | null = cmd; c; c = c.parent) {
       const src = c.getOptionValueSource(option);
@@ -135,10 +147,27 @@ function makeContext(command: string, cmd: Command): RunContext & { close(): Pro
       prot ??= protectedNets(config, interfaceNets());
       return prot;
     },
-    async jobLock(job) {
-      const lock = await lockFile(path.join(config.stateDir, 'locks', `${job}.lock`), { waitSeconds: 0 });
-      if (!lock) throw new LockBusy(`another ${job} is running on this host`);
+    async jobLock(name, opts = {}) {
+      const lock = await lockFile(path.join(config.stateDir, 'locks', `${name}.lock`), { waitSeconds: 0 });
+      if (!lock) throw new LockBusy(`another ${name} is running on this host`);
       locks.push(lock);
+      if (opts.record !== false) job = { name, startedAt: new Date(), summary: null };
+    },
+    jobSummary(summary) {
+      if (job) job.summary = summary;
+    },
+    async recordRun(exitCode, error) {
+      if (!job || !db || !schemaChecked) return;
+      try {
+        await (db as Db).query(
+          `INSERT INTO qguard.job_runs (host, job, started_at, ok, exit_code, summary, error)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+          [config.host, job.name, job.startedAt, exitCode === 0, exitCode, job.summary === null ? null : JSON.stringify(job.summary), error],
+        );
+        await (db as Db).query("DELETE FROM qguard.job_runs WHERE finished_at < now() - interval '14 days'");
+      } catch (err) {
+        log.warn(`unable to record this run: ${errorText(err)}`);
+      }
     },
     fromCli(option) {
       return sources(option) === 'cli';
@@ -233,6 +262,7 @@ export async function runMain(program: Command, argv: string[] = process.argv): 
   }
   for (const ctx of contexts) {
     try {
+      await ctx.recordRun(code, fatal === null ? null : fatal.split('\n')[0]);
       await ctx.close();
     } catch (err) {
       process.stderr.write(`${name}: warning: closing: ${errorText(err)}\n`);
