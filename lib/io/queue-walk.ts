@@ -1,0 +1,479 @@
+// Reading a live qmail queue without disturbing it: detect its layout (conf-split from the
+// numeric subdirectories of mess/, a split todo/ and intd/ from the big-todo patch), list
+// message ids, stat and read only the bytes needed (the head of mess/S/N, the small envelope
+// files), with O_NOATIME so qmail-send's 36-hour orphan cleanup (atime based) is not fooled.
+//
+// The queue changes under us while qmail-send runs: a file that vanishes mid-read means the
+// message was delivered (skipped silently, `vanished`); a file that changes state mid-read
+// (todo/ removed after preprocessing) is read again; an unreadable one is reported, never
+// fatal. Nothing here ever writes to the queue.
+//
+// Reused by purge-queue: `readMessage(layout, id)` re-reads one message fully and freshly
+// (identity, every file path, envelope, source) right before it is removed.
+//
+// File I/O is synchronous on purpose: for many small files it is several times faster in
+// Node than the thread pool, and the scan is a batch job with nothing else to serve.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { PermanentError } from '../errors.js';
+import {
+  type BounceEntry,
+  isMessageId,
+  parseBounceFile,
+  parseEnvelope,
+  parseInfo,
+  parseRecipientList,
+} from '../qmail/queue-files.js';
+import { type MessageOrigin, parseOrigin } from '../qmail/received.js';
+import { bytesToText } from '../qmail/message-header.js';
+
+/** The queue directories that hold a message's files, in qmail's INTERNALS order. */
+export const QUEUE_DIRS = ['mess', 'todo', 'intd', 'info', 'local', 'remote', 'bounce'] as const;
+export type QueueDirName = (typeof QUEUE_DIRS)[number];
+
+/** Directories always split by conf-split. todo/ and intd/ are split with big-todo only. */
+const ALWAYS_SPLIT: ReadonlySet<QueueDirName> = new Set(['mess', 'info', 'local', 'remote']);
+
+/** Where the queue is and how it is laid out. */
+export interface QueueLayout {
+  dir: string;
+  /** conf-split: number of numeric subdirectories (23 by default). */
+  split: number;
+  /** Which directories have the S/ level. */
+  splitDirs: Record<QueueDirName, boolean>;
+}
+
+/** One file's stat, what change detection needs. */
+export interface FileStat {
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}
+
+export type MessageStats = Partial<Record<QueueDirName, FileStat>>;
+
+/** Where a message is in qmail's lifecycle (names as in the fixtures' ground truth). */
+export type MessageState = 'preprocessed' | 'todo' | 'in-flight-intd' | 'in-flight-mess-only';
+
+/** One envelope recipient and where its state is kept. */
+export interface QueuedRecipient {
+  address: string;
+  done: boolean;
+  queue: 'local' | 'remote' | 'todo' | 'intd';
+}
+
+/** The envelope half of a message: from todo/intd, or from info + local + remote. */
+export interface EnvelopeState {
+  state: MessageState;
+  /** Envelope sender: "" for a bounce, "#@[]" for a double bounce; null when none yet. */
+  sender: string | null;
+  recipients: QueuedRecipient[];
+  /** False while qmail-queue is still writing intd/N (its tail cut mid-address). */
+  envelopeComplete: boolean;
+  /** uid and pid from todo/intd (gone once preprocessed). */
+  uid: number | null;
+  pid: number | null;
+  /** Arrival: info/ mtime (qmail's birth time), or todo/, intd/, mess/ mtime before that. */
+  arrival: Date;
+  /** Failures waiting in bounce/N, or null. */
+  bounceReport: BounceEntry[] | null;
+  problems: string[];
+}
+
+/** Everything known about one queued message, read fresh from the queue. */
+export interface QueuedMessage extends EnvelopeState {
+  /** Queue id: the file name (an inode number on the machine that wrote it). */
+  id: string;
+  split: number;
+  /** Paths relative to the queue directory of every file of this message that exists. */
+  files: string[];
+  /** The same files as absolute paths, by directory. */
+  paths: Partial<Record<QueueDirName, string>>;
+  stats: MessageStats;
+  /** Size of mess/S/N in bytes. */
+  size: number;
+  /**
+   * The first line of mess/S/N (qmail-queue's pid and date): with the id, the identity of the
+   * message, because inode numbers are reused. "" when the file is still empty.
+   */
+  line1: string;
+  /** The date in line 1 (qmail-queue's clock), or null. */
+  birth: Date | null;
+  origin: MessageOrigin;
+  /** How many bytes of mess were read to find the origin. */
+  headBytes: number;
+  /** Change detection: equal signatures mean the files did not change. */
+  sig: string;
+  messSig: string;
+}
+
+export type ReadOutcome =
+  | { status: 'ok'; message: QueuedMessage }
+  /** mess/S/N disappeared (delivered and cleaned up): not an error. */
+  | { status: 'vanished' }
+  /** Still changing after several tries (only under heavy churn); try next scan. */
+  | { status: 'unstable' }
+  | { status: 'unreadable'; error: string };
+
+export interface ReadOptions {
+  /** First read of mess (bytes). */
+  headBytes?: number;
+  /** Never read more than this of mess to find the origin (bounces quote deep). */
+  maxHeadBytes?: number;
+}
+
+export const DEFAULT_HEAD_BYTES = 4096;
+export const DEFAULT_MAX_HEAD_BYTES = 64 * 1024;
+/** Envelope files larger than this are refused as garbage (qmail's are KBs). */
+const MAX_ENVELOPE_BYTES = 16 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Low-level reads
+
+let noatimeAllowed = true;
+const O_NOATIME = (fs.constants as Record<string, number>).O_NOATIME ?? 0;
+
+/** Open read-only with O_NOATIME; without it when the kernel refuses (EPERM: not the owner). */
+function openNoatime(file: string): number {
+  if (noatimeAllowed && O_NOATIME) {
+    try {
+      return fs.openSync(file, fs.constants.O_RDONLY | O_NOATIME);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
+      noatimeAllowed = false;
+    }
+  }
+  return fs.openSync(file, fs.constants.O_RDONLY);
+}
+
+function errCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/** Read up to `max` bytes from the start of a file. Returns the bytes and the size then. */
+export function readHead(file: string, max: number): { data: Buffer; size: number } {
+  const fd = openNoatime(file);
+  try {
+    const size = fs.fstatSync(fd).size;
+    const want = Math.min(max, size);
+    const data = Buffer.allocUnsafe(want);
+    let got = 0;
+    while (got < want) {
+      const n = fs.readSync(fd, data, got, want - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    return { data: got === want ? data : data.subarray(0, got), size };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function readWhole(file: string): Buffer {
+  const { data, size } = readHead(file, MAX_ENVELOPE_BYTES);
+  if (size > MAX_ENVELOPE_BYTES) throw Object.assign(new Error(`${file}: larger than ${MAX_ENVELOPE_BYTES} bytes`), { code: 'EFBIG' });
+  return data;
+}
+
+function toStat(st: fs.Stats): FileStat {
+  return { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
+}
+
+/** lstat that says null for a missing file. */
+export function statOrNull(file: string): FileStat | null {
+  try {
+    const st = fs.lstatSync(file);
+    if (!st.isFile()) return null;
+    return toStat(st);
+  } catch (err) {
+    if (errCode(err) === 'ENOENT' || errCode(err) === 'ENOTDIR') return null;
+    throw err;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Layout
+
+function isDir(p: string): boolean {
+  try {
+    return fs.statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Look at a queue directory: conf-split from mess/'s numeric subdirectories (any count; a
+ * gap is an error), and whether todo/ and intd/ are split (big-todo). Throws PermanentError
+ * when it is not a qmail queue.
+ */
+export function openQueue(dir: string): QueueLayout {
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(path.join(dir, 'mess'), { withFileTypes: true });
+  } catch (err) {
+    throw new PermanentError(`unable to read queue ${path.join(dir, 'mess')}: ${(err as Error).message}`, { cause: err });
+  }
+  const nums = entries.filter((e) => /^(0|[1-9]\d{0,5})$/.test(e.name) && (e.isDirectory() || e.isSymbolicLink())).map((e) => Number(e.name));
+  if (nums.length === 0) throw new PermanentError(`${dir} is not a qmail queue: no numeric subdirectories in mess/`);
+  nums.sort((a, b) => a - b);
+  const split = nums.length;
+  if (nums[split - 1] !== split - 1) {
+    throw new PermanentError(`${dir}: mess/ has ${split} numeric subdirectories but not 0..${split - 1} (conf-split mismatch?)`);
+  }
+  const splitDirs = {} as Record<QueueDirName, boolean>;
+  for (const d of QUEUE_DIRS) splitDirs[d] = ALWAYS_SPLIT.has(d) || isDir(path.join(dir, d, '0'));
+  return { dir, split, splitDirs };
+}
+
+/** The split subdirectory of a message id. Ids are inode numbers; may exceed 2^53 in theory. */
+export function splitOf(id: string, split: number): number {
+  if (id.length <= 15) return Number(id) % split;
+  return Number(BigInt(id) % BigInt(split));
+}
+
+/** Path of a message's file relative to the queue (qmail's fmtqfn). */
+export function relPath(layout: QueueLayout, dir: QueueDirName, id: string): string {
+  return layout.splitDirs[dir] ? `${dir}/${splitOf(id, layout.split)}/${id}` : `${dir}/${id}`;
+}
+
+export function absPath(layout: QueueLayout, dir: QueueDirName, id: string): string {
+  return path.join(layout.dir, relPath(layout, dir, id));
+}
+
+/** The directories that hold files of messages in group `s` (the split ones) or all. */
+export function groupDirs(layout: QueueLayout, s: number): { dir: QueueDirName; path: string }[] {
+  const out: { dir: QueueDirName; path: string }[] = [];
+  for (const d of QUEUE_DIRS) {
+    if (layout.splitDirs[d]) out.push({ dir: d, path: path.join(layout.dir, d, String(s)) });
+  }
+  return out;
+}
+
+/** The unsplit directories (todo, intd, bounce without big-todo). */
+export function flatDirs(layout: QueueLayout): { dir: QueueDirName; path: string }[] {
+  return QUEUE_DIRS.filter((d) => !layout.splitDirs[d]).map((d) => ({ dir: d, path: path.join(layout.dir, d) }));
+}
+
+/** A directory's change signature (inode, mtime, ctime), or null when missing. */
+export function dirSignature(p: string): { sig: string; ctimeMs: number } | null {
+  try {
+    const st = fs.statSync(p);
+    return { sig: `${st.ino}:${st.mtimeMs}:${st.ctimeMs}`, ctimeMs: st.ctimeMs };
+  } catch {
+    return null;
+  }
+}
+
+/** Message ids in one directory; other names are counted as odd. Missing directory: empty. */
+export function listIds(p: string): { ids: string[]; odd: string[] } {
+  let names: string[];
+  try {
+    names = fs.readdirSync(p);
+  } catch (err) {
+    if (errCode(err) === 'ENOENT') return { ids: [], odd: [] };
+    throw err;
+  }
+  const ids: string[] = [];
+  const odd: string[] = [];
+  for (const n of names) (isMessageId(n) ? ids : odd).push(n);
+  return { ids, odd };
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages
+
+/** Stat the given files of a message (all of them when `dirs` is omitted). */
+export function statMessage(layout: QueueLayout, id: string, dirs: readonly QueueDirName[] = QUEUE_DIRS): MessageStats {
+  const out: MessageStats = {};
+  for (const d of dirs) {
+    const st = statOrNull(absPath(layout, d, id));
+    if (st) out[d] = st;
+  }
+  return out;
+}
+
+/** Change signature of a message's files: equal → nothing on disk changed. */
+export function messageSignature(stats: MessageStats): { sig: string; messSig: string } {
+  const parts: string[] = [];
+  for (const d of QUEUE_DIRS) {
+    const s = stats[d];
+    if (s) parts.push(`${d[0]}${d === 'remote' ? 'm' : ''}${s.ino}:${s.size}:${s.mtimeMs}`);
+  }
+  const m = stats.mess;
+  return { sig: parts.join(' '), messSig: m ? `${m.ino}:${m.size}:${m.mtimeMs}:${m.ctimeMs}` : '' };
+}
+
+class Changed extends Error {}
+
+function readEnvelopeFile(file: string): Buffer {
+  try {
+    return readWhole(file);
+  } catch (err) {
+    // Removed between our stat and our read: the message moved on (preprocessed, done).
+    if (errCode(err) === 'ENOENT') throw new Changed(file);
+    throw err;
+  }
+}
+
+/**
+ * The envelope half, from files whose presence `stats` records. While todo/N exists it is
+ * the envelope (info/local/remote may be half-written); then info + local + remote; intd/N
+ * alone is qmail-queue still at work; mess alone is a message still arriving (or an orphan).
+ */
+export function readEnvelope(layout: QueueLayout, id: string, stats: MessageStats): EnvelopeState {
+  const problems: string[] = [];
+  const recipients: QueuedRecipient[] = [];
+  let state: MessageState;
+  let sender: string | null = null;
+  let envelopeComplete = true;
+  let uid: number | null = null;
+  let pid: number | null = null;
+  let arrivalMs: number;
+  const fromTodo = (which: 'todo' | 'intd') => {
+    const env = parseEnvelope(readEnvelopeFile(absPath(layout, which, id)));
+    sender = env.sender;
+    uid = env.uid;
+    pid = env.pid;
+    envelopeComplete = env.complete;
+    for (const r of env.recipients) recipients.push({ address: r, done: false, queue: which });
+    for (const p of env.problems) problems.push(`${which}: ${p}`);
+    // A todo/N cut short is damage; an intd/N cut short is qmail-queue still writing it.
+    if (!env.complete && which === 'todo') problems.push(`todo: truncated envelope (${JSON.stringify(env.truncatedTail)})`);
+  };
+  if (stats.todo) {
+    state = 'todo';
+    fromTodo('todo');
+    arrivalMs = stats.todo.mtimeMs;
+  } else if (stats.info) {
+    state = 'preprocessed';
+    const info = parseInfo(readEnvelopeFile(absPath(layout, 'info', id)));
+    sender = info.sender;
+    for (const p of info.problems) problems.push(`info: ${p}`);
+    for (const q of ['local', 'remote'] as const) {
+      if (!stats[q]) continue;
+      const list = parseRecipientList(readEnvelopeFile(absPath(layout, q, id)));
+      for (const r of list.recipients) recipients.push({ address: r.address, done: r.done, queue: q });
+      for (const p of list.problems) problems.push(`${q}: ${p}`);
+    }
+    arrivalMs = stats.info.mtimeMs;
+  } else if (stats.intd) {
+    state = 'in-flight-intd';
+    fromTodo('intd');
+    arrivalMs = stats.intd.mtimeMs;
+  } else {
+    state = 'in-flight-mess-only';
+    envelopeComplete = false;
+    arrivalMs = stats.mess?.mtimeMs ?? Date.now();
+  }
+  let bounceReport: BounceEntry[] | null = null;
+  if (stats.bounce) {
+    const b = parseBounceFile(readEnvelopeFile(absPath(layout, 'bounce', id)).toString('utf8'));
+    bounceReport = b.entries;
+    for (const p of b.problems) problems.push(`bounce: ${p}`);
+  }
+  return { state, sender, recipients, envelopeComplete, uid, pid, arrival: new Date(Math.floor(arrivalMs)), bounceReport, problems };
+}
+
+/** Line 1 as stored: up to the first newline (at most 300 bytes), NULs made visible. */
+function firstLine(head: string): string {
+  const nl = head.indexOf('\n');
+  if (nl < 0) return '';
+  return bytesToText(head.slice(0, Math.min(nl, 300))).replace(/\r$/, '').replace(/\0/g, '\\0');
+}
+
+/**
+ * Read the head of mess/S/N and find where the message came from, extending the read while
+ * the parser needs more (bounces quote the original deep down), up to `maxHeadBytes`.
+ */
+export function readOrigin(
+  file: string,
+  opts: ReadOptions = {},
+): { origin: MessageOrigin; line1: string; headBytes: number; size: number } {
+  const first = opts.headBytes ?? DEFAULT_HEAD_BYTES;
+  const max = Math.max(first, opts.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES);
+  let want = first;
+  for (;;) {
+    const { data, size } = readHead(file, want);
+    const whole = data.length >= size;
+    const atBound = want >= max;
+    const head = data.toString('latin1');
+    const origin = parseOrigin(head, whole || atBound);
+    if (!origin.needMore || whole || atBound) {
+      return { origin, line1: firstLine(head), headBytes: data.length, size };
+    }
+    want = Math.min(max, want * 4);
+  }
+}
+
+function relFiles(layout: QueueLayout, id: string, stats: MessageStats) {
+  const files: string[] = [];
+  const paths: Partial<Record<QueueDirName, string>> = {};
+  for (const d of QUEUE_DIRS) {
+    if (!stats[d]) continue;
+    files.push(relPath(layout, d, id));
+    paths[d] = absPath(layout, d, id);
+  }
+  return { files, paths };
+}
+
+/**
+ * Read one message given the stats of its files (as a scan found them). Retries when the
+ * message changes state mid-read; says `vanished` when mess/ is gone.
+ */
+export function readMessageWith(layout: QueueLayout, id: string, stats: MessageStats, opts: ReadOptions = {}): ReadOutcome {
+  let current = stats;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    if (!current.mess) return { status: 'vanished' };
+    try {
+      const head = readOrigin(absPath(layout, 'mess', id), opts);
+      const env = readEnvelope(layout, id, current);
+      const { files, paths } = relFiles(layout, id, current);
+      const { sig, messSig } = messageSignature(current);
+      const problems = [...head.origin.problems, ...env.problems];
+      return {
+        status: 'ok',
+        message: {
+          id,
+          split: splitOf(id, layout.split),
+          files,
+          paths,
+          stats: current,
+          size: head.size,
+          line1: head.line1,
+          birth: head.origin.queueLine?.date ?? null,
+          origin: head.origin,
+          headBytes: head.headBytes,
+          sig,
+          messSig,
+          ...env,
+          problems,
+        },
+      };
+    } catch (err) {
+      if (err instanceof Changed || errCode(err) === 'ENOENT') {
+        current = statMessage(layout, id);
+        continue;
+      }
+      return { status: 'unreadable', error: `${relPath(layout, 'mess', id)}: ${(err as Error).message}` };
+    }
+  }
+  return current.mess ? { status: 'unstable' } : { status: 'vanished' };
+}
+
+/**
+ * Read message `id` fully and freshly: stat every file it may have, then read them. For
+ * purge-queue's last look before removing a message, and for `qguard queue show`.
+ */
+export function readMessage(layout: QueueLayout, id: string, opts: ReadOptions = {}): ReadOutcome {
+  if (!isMessageId(id)) return { status: 'unreadable', error: `not a queue id: ${JSON.stringify(id.slice(0, 40))}` };
+  let stats: MessageStats;
+  try {
+    stats = statMessage(layout, id);
+  } catch (err) {
+    return { status: 'unreadable', error: `${relPath(layout, 'mess', id)}: ${(err as Error).message}` };
+  }
+  return readMessageWith(layout, id, stats, opts);
+}
