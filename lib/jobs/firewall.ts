@@ -101,9 +101,9 @@ export function readAppliedFirewall(config: Config): AppliedFirewall | null {
 /** Temp file in the same directory, fsync, rename: the record is old or new, never torn. */
 function writeAppliedFirewall(config: Config, state: AppliedFirewall): void {
   const file = statePath(config);
-  fs.mkdirSync(path.dirname(file), { recursive: true });
   const tmp = `${file}.tmp${process.pid}`;
   try {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
     const fd = fs.openSync(tmp, 'w', 0o644);
     try {
       fs.writeSync(fd, `${JSON.stringify(state, null, 2)}\n`);
@@ -112,6 +112,9 @@ function writeAppliedFirewall(config: Config, state: AppliedFirewall): void {
       fs.closeSync(fd);
     }
     fs.renameSync(tmp, file);
+  } catch (err) {
+    // The kernel has the new set; without the record the next run rewrites it once more.
+    throw new TemporaryError(`unable to write ${file}: ${errorText(err)}`, { cause: err });
   } finally {
     fs.rmSync(tmp, { force: true });
   }
