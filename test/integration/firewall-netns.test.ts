@@ -67,17 +67,17 @@ for (const port of ${JSON.stringify(PORTS)}) {
   });
 }`;
 
-/** Try every (source, port) connect at once; print {"src port": true|false}. */
+/** Try every (source, port) connect at once; print {"src port": "ok"|"timeout"|"ECONNREFUSED"...}. */
 const PROBE = `
 const net = require('node:net');
 const probes = JSON.parse(process.argv[1]);
 const out = {};
 Promise.all(probes.map(([src, dst, port]) => new Promise((resolve) => {
   const s = net.connect({ host: dst, port, localAddress: src, timeout: 1500 });
-  const done = (ok) => { if (!(src + ' ' + port in out)) out[src + ' ' + port] = ok; s.destroy(); resolve(); };
-  s.once('connect', () => done(true));
-  s.once('timeout', () => done(false));
-  s.on('error', () => done(false));
+  const done = (how) => { if (!(src + ' ' + port in out)) out[src + ' ' + port] = how; s.destroy(); resolve(); };
+  s.once('connect', () => done('ok'));
+  s.once('timeout', () => done('timeout'));
+  s.on('error', (e) => done(e.code || 'error'));
 }))).then(() => console.log(JSON.stringify(out)));`;
 
 /**
@@ -140,14 +140,24 @@ class Lab {
     });
   }
 
-  /** Can each client reach each port? `{denied: {25: false, 110: false, 80: true}, ...}` */
-  async reach(): Promise<Record<Client, Record<number, boolean>>> {
+  /** How each client's connect to each port ends: `{denied: {25: 'timeout', 110: 'timeout', 80: 'ok'}, ...}` */
+  async connects(): Promise<Record<Client, Record<number, string>>> {
     const probes = Object.values(CLIENTS).flatMap((src) => PORTS.map((port) => [src, serverFor(src), port]));
     const r = await must(this.cli, [process.execPath, '-e', PROBE, JSON.stringify(probes)]);
-    const raw = JSON.parse(r) as Record<string, boolean>;
-    const out = {} as Record<Client, Record<number, boolean>>;
+    const raw = JSON.parse(r) as Record<string, string>;
+    const out = {} as Record<Client, Record<number, string>>;
     for (const [name, src] of Object.entries(CLIENTS) as [Client, string][]) {
       out[name] = Object.fromEntries(PORTS.map((p) => [p, raw[`${src} ${p}`]]));
+    }
+    return out;
+  }
+
+  /** Can each client reach each port? `{denied: {25: false, 110: false, 80: true}, ...}` */
+  async reach(): Promise<Record<Client, Record<number, boolean>>> {
+    const c = await this.connects();
+    const out = {} as Record<Client, Record<number, boolean>>;
+    for (const name of Object.keys(c) as Client[]) {
+      out[name] = Object.fromEntries(PORTS.map((p) => [p, c[name][p] === 'ok']));
     }
     return out;
   }
@@ -311,6 +321,22 @@ describe.skipIf(!RUN).each(['nft', 'ipset'] as const)('firewall backend %s in ne
     expectReach(await lab.reach(), ['unknown', 'inDenied24']);
     const again = await sync();
     expect(again.stderr).toBe('');
+  });
+
+  it('QGUARD_FIREWALL_ACTION=reject answers with a TCP reset, on the configured ports only', async () => {
+    const before = await lab.connects();
+    expect(before.inDenied24[25]).toBe('timeout'); // drop: the connect times out
+    const r = await sync({ QGUARD_FIREWALL_ACTION: 'reject', QGUARD_FIREWALL_PORTS: '25' });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const after = await lab.connects();
+    expect(after.inDenied24).toEqual({ 25: 'ECONNREFUSED', 110: 'ok', 80: 'ok' });
+    expect(after.unknown).toEqual({ 25: 'ECONNREFUSED', 110: 'ok', 80: 'ok' });
+    expect(after.relay).toEqual({ 25: 'ok', 110: 'ok', 80: 'ok' });
+    // Back to the defaults: drop on 25 and 110.
+    expect((await sync()).code).toBe(0);
+    expectReach(await lab.reach(), ['unknown', 'inDenied24']);
+    expect((await lab.connects()).unknown[110]).toBe('timeout');
   });
 
   it('a failing firewall program exits 111 with its message and leaves the previous set in place', async () => {
