@@ -12,8 +12,8 @@ export const NFT_TABLE = 'qguard';
 export const NFT_CHAIN = 'input';
 /** Set names per address family. */
 export const NFT_SETS = { 4: 'deny_v4', 6: 'deny_v6' } as const;
-/** Before the usual filter chains (priority 0), after conntrack (-200). */
-export const NFT_PRIORITY = 'filter - 10';
+/** Before the usual filter chains (priority 0), after conntrack (-200); numeric for older nft. */
+export const NFT_PRIORITY = '-10';
 
 /** What is blocked and how: TCP ports and the verdict. */
 export interface BlockPolicy {

@@ -128,7 +128,7 @@ describe('renderNftScript', () => {
         'table inet qguard {',
         '\tset deny_v4 { type ipv4_addr; flags interval; }',
         '\tset deny_v6 { type ipv6_addr; flags interval; }',
-        '\tchain input { type filter hook input priority filter - 10; policy accept; }',
+        '\tchain input { type filter hook input priority -10; policy accept; }',
         '}',
         'flush chain inet qguard input',
         'flush set inet qguard deny_v4',
