@@ -228,20 +228,21 @@ function samePolicy(a: AppliedFirewall, backend: Backend, p: BlockPolicy): boole
   return a.backend === backend && a.action === p.action && a.ports.join(',') === p.ports.join(',');
 }
 
-/** One look at the kernel per run: firewallInPlace and applyFirewall share it. */
-const lookedAt = new WeakMap<RunContext, { check: KernelCheck | null; error: string | null }>();
+/**
+ * One look at the kernel per run: what firewallInPlace saw is handed to the applyFirewall that
+ * follows it (once, and only while fresh: under `sync-rules --watch` the context lives on).
+ */
+const lookedAt = new WeakMap<RunContext, { at: number; seen: Look }>();
+const LOOK_FRESH_MS = 10_000;
 
-async function lookOnce(ctx: RunContext, backend: Backend, applied: AppliedFirewall | null) {
-  let seen = lookedAt.get(ctx);
-  if (!seen) {
-    try {
-      seen = { check: await checkKernel(backend, policyOf(ctx.config), applied), error: null };
-    } catch (err) {
-      seen = { check: null, error: errorText(err) };
-    }
-    lookedAt.set(ctx, seen);
+type Look = { check: KernelCheck | null; error: string | null };
+
+async function look(ctx: RunContext, backend: Backend, applied: AppliedFirewall | null): Promise<Look> {
+  try {
+    return { check: await checkKernel(backend, policyOf(ctx.config), applied), error: null };
+  } catch (err) {
+    return { check: null, error: errorText(err) };
   }
-  return seen;
 }
 
 /**
@@ -254,7 +255,8 @@ export async function firewallInPlace(ctx: RunContext): Promise<boolean> {
   if (backend === 'none') return true;
   const applied = readAppliedFirewall(ctx.config);
   if (!applied || !samePolicy(applied, backend, policyOf(ctx.config))) return false;
-  const seen = await lookOnce(ctx, backend, applied);
+  const seen = await look(ctx, backend, applied);
+  lookedAt.set(ctx, { at: Date.now(), seen });
   if (seen.error) ctx.log.info(`firewall: unable to look at the kernel: ${seen.error}`);
   return seen.check?.intact ?? false;
 }
@@ -287,7 +289,9 @@ export async function applyFirewall(
   const counts = { v4: set.v4.length, v6: set.v6.length };
   const applied = readAppliedFirewall(ctx.config);
   const same = applied !== null && samePolicy(applied, backend, policy) && applied.digest === digest;
-  const seen = await lookOnce(ctx, backend, same ? applied : null);
+  const cached = lookedAt.get(ctx);
+  lookedAt.delete(ctx);
+  const seen = cached && Date.now() - cached.at < LOOK_FRESH_MS ? cached.seen : await look(ctx, backend, same ? applied : null);
   if (same && seen.check?.intact) return { backend, changed: false, ...counts, repaired: false };
 
   const repaired = same;
@@ -311,7 +315,6 @@ export async function applyFirewall(
     ...counts,
     appliedAt: new Date().toISOString(),
   });
-  lookedAt.set(ctx, { check: { backend, present: true, intact: true, problem: null }, error: null });
   ctx.log.info(
     `firewall: ${backend} set written: ${counts.v4} IPv4 + ${counts.v6} IPv6 elements, tcp ports ${policy.ports.join(',')} ${policy.action} (${Date.now() - started} ms)`,
   );
