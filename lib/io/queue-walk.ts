@@ -306,14 +306,15 @@ export function messageSignature(stats: MessageStats): { sig: string; messSig: s
   return { sig: parts.join(' '), messSig: m ? `${m.ino}:${m.size}:${m.mtimeMs}:${m.ctimeMs}` : '' };
 }
 
-class Changed extends Error {}
+/** A file of the message disappeared between our stat and our read: it moved on. */
+export class QueueChanged extends Error {}
 
 function readEnvelopeFile(file: string): Buffer {
   try {
     return readWhole(file);
   } catch (err) {
     // Removed between our stat and our read: the message moved on (preprocessed, done).
-    if (errCode(err) === 'ENOENT') throw new Changed(file);
+    if (errCode(err) === 'ENOENT') throw new QueueChanged(file);
     throw err;
   }
 }
@@ -453,7 +454,7 @@ export function readMessageWith(layout: QueueLayout, id: string, stats: MessageS
         },
       };
     } catch (err) {
-      if (err instanceof Changed || errCode(err) === 'ENOENT') {
+      if (err instanceof QueueChanged || errCode(err) === 'ENOENT') {
         current = statMessage(layout, id);
         continue;
       }

@@ -1,0 +1,550 @@
+// Queries on qguard.messages and qguard.queue_scans (sql/002): what scan-queue recorded
+// about each queued message on each mail server, the per-IP counts behind the auto-deny, and
+// the review queries of `qguard queue`. Writes are batched with unnest() arrays (one
+// statement per few thousand messages), never one INSERT per message.
+
+import type { Queryable } from './connect.js';
+import { RULE_COLUMNS, type Rule, toRule } from './rules.js';
+import type { QueuedMessage, EnvelopeState, MessageState } from '../io/queue-walk.js';
+import type { MessageKind } from '../qmail/received.js';
+
+/** Recipients kept per message (the counts stay exact): enough to review, bounded in size. */
+export const RECIPIENTS_KEPT = 1000;
+/** Rows per batched statement. */
+export const BATCH = 2000;
+
+/** The per-host state of the last scan. */
+export interface ScanState {
+  host: string;
+  queueDir: string;
+  split: number;
+  /** Directory key (`mess/3`, `todo`) → signature at the last scan ('' = look again). */
+  dirs: Record<string, string>;
+  rotation: number;
+  scannedAt: Date | null;
+}
+
+/** Load this host's scan state, or null before its first scan. */
+export async function loadScanState(db: Queryable, host: string): Promise<ScanState | null> {
+  const r = await db.query<{ queue_dir: string; split: number; dirs: Record<string, string>; rotation: number; scanned_at: Date }>(
+    'SELECT queue_dir, split, dirs, rotation, scanned_at FROM qguard.queue_scans WHERE host = $1',
+    [host],
+  );
+  const row = r.rows[0];
+  if (!row) return null;
+  return {
+    host,
+    queueDir: row.queue_dir,
+    split: Number(row.split),
+    dirs: typeof row.dirs === 'string' ? (JSON.parse(row.dirs) as Record<string, string>) : (row.dirs ?? {}),
+    rotation: Number(row.rotation),
+    scannedAt: row.scanned_at ? new Date(row.scanned_at) : null,
+  };
+}
+
+/** Store this host's scan state. */
+export async function saveScanState(
+  db: Queryable,
+  s: Omit<ScanState, 'scannedAt'> & { durationMs: number; messages: number },
+): Promise<void> {
+  await db.query(
+    `INSERT INTO qguard.queue_scans AS q (host, queue_dir, split, dirs, rotation, scanned_at, duration_ms, messages)
+     VALUES ($1, $2, $3, $4::jsonb, $5, now(), $6, $7)
+     ON CONFLICT (host) DO UPDATE
+       SET queue_dir = EXCLUDED.queue_dir, split = EXCLUDED.split, dirs = EXCLUDED.dirs, rotation = EXCLUDED.rotation,
+           scanned_at = EXCLUDED.scanned_at, duration_ms = EXCLUDED.duration_ms, messages = EXCLUDED.messages`,
+    [s.host, s.queueDir, s.split, JSON.stringify(s.dirs), s.rotation, Math.round(s.durationMs), s.messages],
+  );
+}
+
+/** What scan-queue compares a message on disk with. */
+export interface StoredSignature {
+  rowId: number;
+  queueId: string;
+  line1: string;
+  sig: string;
+  messSig: string;
+}
+
+/** The live rows of one split group of a host, by queue id (a reused id may have several). */
+export async function liveGroup(db: Queryable, host: string, split: number): Promise<Map<string, StoredSignature[]>> {
+  const r = await db.query<{ id: number; qid: string; line1: string; sig: string; mess_sig: string }>(
+    `SELECT id, queue_id::text AS qid, line1, sig, mess_sig FROM qguard.messages
+      WHERE host = $1 AND split = $2 AND gone_at IS NULL`,
+    [host, split],
+  );
+  const out = new Map<string, StoredSignature[]>();
+  for (const row of r.rows) {
+    const s: StoredSignature = { rowId: Number(row.id), queueId: row.qid, line1: row.line1, sig: row.sig, messSig: row.mess_sig };
+    const list = out.get(s.queueId);
+    if (list) list.push(s);
+    else out.set(s.queueId, [s]);
+  }
+  return out;
+}
+
+/** Groups holding messages that are not simply preprocessed (they live partly in todo/intd/bounce). */
+export async function groupsWithFlatFiles(db: Queryable, host: string): Promise<number[]> {
+  const r = await db.query<{ split: number }>(
+    `SELECT DISTINCT split FROM qguard.messages
+      WHERE host = $1 AND gone_at IS NULL AND (state <> 'preprocessed' OR bounce_pending)`,
+    [host],
+  );
+  return r.rows.map((row) => Number(row.split));
+}
+
+/** After conf-split changed (or the queue moved): recompute every live row's group. */
+export async function resplit(db: Queryable, host: string, split: number): Promise<void> {
+  await db.query('UPDATE qguard.messages SET split = (queue_id % $2)::int WHERE host = $1 AND gone_at IS NULL', [host, split]);
+}
+
+/** PostgreSQL array literal for text[] (so ragged lists travel inside one unnest column). */
+export function pgTextArray(items: readonly string[]): string {
+  return `{${items.map((s) => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`).join(',')}}`;
+}
+
+/** Text that PostgreSQL will store: no NUL bytes, bounded. */
+function pgText(s: string | null | undefined, max: number): string | null {
+  if (s === null || s === undefined) return null;
+  const t = s.includes('\0') ? s.replace(/\0/g, '') : s;
+  return t.length > max ? t.slice(0, max) : t;
+}
+
+const epoch = (d: Date | null) => (d ? d.getTime() / 1000 : null);
+
+function envelopeColumns(e: EnvelopeState) {
+  const all = e.recipients.map((r) => r.address);
+  const pending = e.recipients.filter((r) => !r.done).map((r) => r.address);
+  return {
+    state: e.state,
+    sender: pgText(e.sender, 10_000),
+    recipients: pgTextArray(all.slice(0, RECIPIENTS_KEPT).map((a) => pgText(a, 1000)!)),
+    pending: pgTextArray(pending.slice(0, RECIPIENTS_KEPT).map((a) => pgText(a, 1000)!)),
+    rcptCount: all.length,
+    pendingCount: pending.length,
+    bouncePending: e.bounceReport !== null,
+    arrival: epoch(e.arrival),
+  };
+}
+
+/** Column arrays for a batch of fully read messages. */
+function fullColumns(msgs: readonly QueuedMessage[]) {
+  const cols = {
+    queueId: [] as string[],
+    line1: [] as string[],
+    split: [] as number[],
+    state: [] as string[],
+    kind: [] as string[],
+    forwarded: [] as boolean[],
+    chain: [] as string[],
+    birth: [] as (number | null)[],
+    arrival: [] as (number | null)[],
+    sourceIp: [] as (string | null)[],
+    recorded: [] as (string | null)[],
+    helo: [] as (string | null)[],
+    remoteHost: [] as (string | null)[],
+    remoteInfo: [] as (string | null)[],
+    sender: [] as (string | null)[],
+    recipients: [] as string[],
+    pending: [] as string[],
+    rcptCount: [] as number[],
+    pendingCount: [] as number[],
+    bouncePending: [] as boolean[],
+    size: [] as number[],
+    subject: [] as (string | null)[],
+    problems: [] as string[],
+    sig: [] as string[],
+    messSig: [] as string[],
+  };
+  for (const m of msgs) {
+    const e = envelopeColumns(m);
+    const o = m.origin;
+    cols.queueId.push(m.id);
+    cols.line1.push(pgText(m.line1, 1000)!);
+    cols.split.push(m.split);
+    cols.state.push(e.state);
+    cols.kind.push(kindOf(m));
+    cols.forwarded.push(o.forwarded);
+    cols.chain.push(pgTextArray(o.chain));
+    cols.birth.push(epoch(m.birth));
+    cols.arrival.push(e.arrival);
+    cols.sourceIp.push(o.sourceIp);
+    cols.recorded.push(pgText(o.sourceIpRecorded, 200));
+    cols.helo.push(pgText(o.smtp?.helo, 1000));
+    cols.remoteHost.push(pgText(o.smtp?.remoteHost, 1000));
+    cols.remoteInfo.push(pgText(o.smtp?.remoteInfo, 1000));
+    cols.sender.push(e.sender);
+    cols.recipients.push(e.recipients);
+    cols.pending.push(e.pending);
+    cols.rcptCount.push(e.rcptCount);
+    cols.pendingCount.push(e.pendingCount);
+    cols.bouncePending.push(e.bouncePending);
+    cols.size.push(m.size);
+    cols.subject.push(pgText(o.subject, 1000));
+    cols.problems.push(pgTextArray(m.problems.slice(0, 20).map((p) => pgText(p, 500)!)));
+    cols.sig.push(m.sig);
+    cols.messSig.push(m.messSig);
+  }
+  return cols;
+}
+
+/**
+ * The kind to record: the header's answer, with the envelope settling what the header could
+ * not (a bounce cut before its marker: `#@[]` makes it a double bounce).
+ */
+export function kindOf(m: Pick<QueuedMessage, 'origin' | 'sender'>): MessageKind {
+  const k = m.origin.kind;
+  if (k === 'bounce' && m.origin.chain.length === 0 && m.sender === '#@[]') return 'double-bounce';
+  return k;
+}
+
+const FULL_COLUMNS = `queue_id, line1, split, state, kind, forwarded, chain, birth, arrival, source_ip, recorded, helo,
+    remote_host, remote_info, sender, recipients, pending, rcpt_count, pending_count, bounce_pending, size, subject,
+    problems, sig, mess_sig`;
+const FULL_TYPES = `$2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::boolean[], $8::text[],
+    $9::double precision[], $10::double precision[], $11::inet[], $12::text[], $13::text[], $14::text[], $15::text[],
+    $16::text[], $17::text[], $18::text[], $19::int[], $20::int[], $21::boolean[], $22::bigint[], $23::text[],
+    $24::text[], $25::text[], $26::text[]`;
+
+/** The batch as rows: for an INSERT ($1 is the host), or for an UPDATE ($1 holds the row ids). */
+function fullUnnest(withRowIds: boolean): string {
+  return withRowIds
+    ? `unnest($1::bigint[], ${FULL_TYPES}) AS u(rid, ${FULL_COLUMNS})`
+    : `unnest(${FULL_TYPES}) AS u(${FULL_COLUMNS})`;
+}
+
+function fullParams(head: unknown, msgs: readonly QueuedMessage[]): unknown[] {
+  const c = fullColumns(msgs);
+  return [
+    head, c.queueId, c.line1, c.split, c.state, c.kind, c.forwarded, c.chain, c.birth, c.arrival, c.sourceIp, c.recorded,
+    c.helo, c.remoteHost, c.remoteInfo, c.sender, c.recipients, c.pending, c.rcptCount, c.pendingCount, c.bouncePending,
+    c.size, c.subject, c.problems, c.sig, c.messSig,
+  ];
+}
+
+const SET_FULL = `split = u.split, state = u.state, kind = u.kind, forwarded = u.forwarded, chain = u.chain::text[],
+       birth = to_timestamp(u.birth), arrival = to_timestamp(u.arrival), source_ip = u.source_ip,
+       source_recorded = u.recorded, helo = u.helo, remote_host = u.remote_host, remote_info = u.remote_info,
+       sender = u.sender, recipients = u.recipients::text[], pending = u.pending::text[], rcpt_count = u.rcpt_count,
+       pending_count = u.pending_count, bounce_pending = u.bounce_pending, size = u.size, subject = u.subject,
+       problems = u.problems::text[], sig = u.sig, mess_sig = u.mess_sig, read_at = now(), gone_at = NULL`;
+
+/** A message recorded as gone that is found again (same identity): take the new read. */
+const SET_REVIVE = `split = EXCLUDED.split, state = EXCLUDED.state, kind = EXCLUDED.kind, forwarded = EXCLUDED.forwarded,
+       chain = EXCLUDED.chain, birth = EXCLUDED.birth, arrival = EXCLUDED.arrival, source_ip = EXCLUDED.source_ip,
+       source_recorded = EXCLUDED.source_recorded, helo = EXCLUDED.helo, remote_host = EXCLUDED.remote_host,
+       remote_info = EXCLUDED.remote_info, sender = EXCLUDED.sender, recipients = EXCLUDED.recipients,
+       pending = EXCLUDED.pending, rcpt_count = EXCLUDED.rcpt_count, pending_count = EXCLUDED.pending_count,
+       bounce_pending = EXCLUDED.bounce_pending, size = EXCLUDED.size, subject = EXCLUDED.subject,
+       problems = EXCLUDED.problems, sig = EXCLUDED.sig, mess_sig = EXCLUDED.mess_sig, read_at = now(), gone_at = NULL`;
+
+/**
+ * Record newly found messages of `host`. A row with the same identity (host, id, line 1)
+ * that was marked gone comes back to life.
+ */
+export async function insertMessages(db: Queryable, host: string, msgs: readonly QueuedMessage[]): Promise<void> {
+  for (let i = 0; i < msgs.length; i += BATCH) {
+    const batch = msgs.slice(i, i + BATCH);
+    await db.query(
+      `INSERT INTO qguard.messages AS m (host, queue_id, line1, split, state, kind, forwarded, chain, birth, arrival,
+              source_ip, source_recorded, helo, remote_host, remote_info, sender, recipients, pending, rcpt_count,
+              pending_count, bounce_pending, size, subject, problems, sig, mess_sig)
+       SELECT $1, u.queue_id, u.line1, u.split, u.state, u.kind, u.forwarded, u.chain::text[], to_timestamp(u.birth),
+              to_timestamp(u.arrival), u.source_ip, u.recorded, u.helo, u.remote_host, u.remote_info, u.sender,
+              u.recipients::text[], u.pending::text[], u.rcpt_count, u.pending_count, u.bounce_pending, u.size, u.subject,
+              u.problems::text[], u.sig, u.mess_sig
+         FROM ${fullUnnest(false)}
+       ON CONFLICT ON CONSTRAINT messages_key DO UPDATE SET ${SET_REVIVE}`,
+      fullParams(host, batch),
+    );
+  }
+}
+
+/** Rewrite rows (by row id) with a fresh full read of their message. */
+export async function updateMessages(db: Queryable, rows: readonly { rowId: number; message: QueuedMessage }[]): Promise<void> {
+  for (let i = 0; i < rows.length; i += BATCH) {
+    const batch = rows.slice(i, i + BATCH);
+    await db.query(
+      `UPDATE qguard.messages m SET ${SET_FULL} FROM ${fullUnnest(true)} WHERE m.id = u.rid`,
+      fullParams(
+        batch.map((r) => r.rowId),
+        batch.map((r) => r.message),
+      ),
+    );
+  }
+}
+
+/** Rewrite only the envelope half (mess/ unchanged: its origin stands). */
+export async function updateEnvelopes(
+  db: Queryable,
+  rows: readonly { rowId: number; envelope: EnvelopeState; sig: string }[],
+): Promise<void> {
+  for (let i = 0; i < rows.length; i += BATCH) {
+    const batch = rows.slice(i, i + BATCH);
+    const cols = batch.map((r) => ({ id: r.rowId, sig: r.sig, ...envelopeColumns(r.envelope) }));
+    await db.query(
+      `UPDATE qguard.messages m
+          SET state = u.state, sender = u.sender, recipients = u.recipients::text[], pending = u.pending::text[],
+              rcpt_count = u.rcpt_count, pending_count = u.pending_count, bounce_pending = u.bounce_pending,
+              arrival = to_timestamp(u.arrival), sig = u.sig, read_at = now(), gone_at = NULL
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[], $8::boolean[],
+                     $9::double precision[], $10::text[])
+              AS u(rid, state, sender, recipients, pending, rcpt_count, pending_count, bounce_pending, arrival, sig)
+        WHERE m.id = u.rid`,
+      [
+        cols.map((c) => c.id),
+        cols.map((c) => c.state),
+        cols.map((c) => c.sender),
+        cols.map((c) => c.recipients),
+        cols.map((c) => c.pending),
+        cols.map((c) => c.rcptCount),
+        cols.map((c) => c.pendingCount),
+        cols.map((c) => c.bouncePending),
+        cols.map((c) => c.arrival),
+        cols.map((c) => c.sig),
+      ],
+    );
+  }
+}
+
+/** Mark rows gone: their message is no longer in the queue. */
+export async function markGone(db: Queryable, rowIds: readonly number[]): Promise<number> {
+  let n = 0;
+  for (let i = 0; i < rowIds.length; i += BATCH * 5) {
+    const r = await db.query('UPDATE qguard.messages SET gone_at = now() WHERE id = ANY($1::bigint[]) AND gone_at IS NULL', [
+      rowIds.slice(i, i + BATCH * 5),
+    ]);
+    n += r.rowCount;
+  }
+  return n;
+}
+
+/** Housekeeping: forget messages that left the queue more than `seconds` ago (any host). */
+export async function pruneGone(db: Queryable, seconds: number): Promise<number> {
+  const r = await db.query(
+    'DELETE FROM qguard.messages WHERE gone_at IS NOT NULL AND gone_at < now() - make_interval(secs => $1::double precision)',
+    [seconds],
+  );
+  return r.rowCount;
+}
+
+/** How many messages this host's queue holds, as recorded. */
+export async function countLive(db: Queryable, host: string): Promise<number> {
+  const r = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM qguard.messages WHERE host = $1 AND gone_at IS NULL', [host]);
+  return Number(r.rows[0].n);
+}
+
+/** Messages that count: in a queue (any host), past qmail-queue's commit, arrived within the window. */
+const COUNTED = `gone_at IS NULL AND source_ip IS NOT NULL AND state IN ('preprocessed', 'todo')
+                 AND arrival > now() - make_interval(secs => $1::double precision)`;
+
+/** An IP and its count of queued messages within the window (every host). */
+export interface IpCount {
+  ip: string;
+  count: number;
+}
+
+/** IPs with at least `threshold` queued messages that arrived within the window, largest first. */
+export async function overThreshold(db: Queryable, windowSeconds: number, threshold: number): Promise<IpCount[]> {
+  const r = await db.query<{ ip: string; n: number }>(
+    `SELECT host(source_ip) AS ip, count(*)::int AS n FROM qguard.messages
+      WHERE ${COUNTED}
+      GROUP BY source_ip HAVING count(*) >= $2
+      ORDER BY count(*) DESC, source_ip`,
+    [windowSeconds, threshold],
+  );
+  return r.rows.map((row) => ({ ip: row.ip, count: Number(row.n) }));
+}
+
+/**
+ * Every live rule (of any host scope) that contains each address: one query for a batch of
+ * addresses, so the decision can be made for each with decide().
+ */
+export async function rulesForIps(db: Queryable, ips: readonly string[]): Promise<Map<string, Rule[]>> {
+  const out = new Map<string, Rule[]>();
+  for (const ip of ips) out.set(ip, []);
+  for (let i = 0; i < ips.length; i += BATCH) {
+    const r = await db.query<Parameters<typeof toRule>[0] & { ip: string }>(
+      `SELECT c.ip, ${RULE_COLUMNS.split(', ')
+        .map((c) => `r.${c}`)
+        .join(', ')}
+         FROM unnest($1::text[]) AS c(ip)
+         JOIN qguard.live_rules r ON r.network >>= c.ip::inet
+        ORDER BY r.id`,
+      [ips.slice(i, i + BATCH)],
+    );
+    for (const row of r.rows) out.get(row.ip)?.push(toRule(row));
+  }
+  return out;
+}
+
+/** One line of `qguard queue top`. */
+export interface TopRow {
+  ip: string;
+  count: number;
+  hosts: string[];
+  byKind: Record<string, number>;
+  firstArrival: Date;
+  lastArrival: Date;
+  sample: string | null;
+}
+
+/** Source IPs by queued-message count within the window, over every host. */
+export async function topSources(db: Queryable, windowSeconds: number, limit: number): Promise<TopRow[]> {
+  const r = await db.query<{
+    ip: string;
+    n: number;
+    hosts: string[];
+    kinds: Record<string, number> | string;
+    first: Date;
+    last: Date;
+    sample: string | null;
+  }>(
+    `WITH c AS (
+       SELECT * FROM qguard.messages WHERE ${COUNTED}
+     )
+     SELECT host(source_ip) AS ip, count(*)::int AS n, array_agg(DISTINCT host ORDER BY host) AS hosts,
+            (SELECT jsonb_object_agg(kind, k) FROM (SELECT kind, count(*)::int AS k FROM c c2
+                                                     WHERE c2.source_ip = c.source_ip GROUP BY kind) x) AS kinds,
+            min(arrival) AS first, max(arrival) AS last,
+            (array_agg(subject ORDER BY arrival DESC) FILTER (WHERE subject IS NOT NULL AND subject <> ''))[1] AS sample
+       FROM c
+      GROUP BY source_ip
+      ORDER BY count(*) DESC, source_ip
+      LIMIT $2`,
+    [windowSeconds, limit],
+  );
+  return r.rows.map((row) => ({
+    ip: row.ip,
+    count: Number(row.n),
+    hosts: row.hosts,
+    byKind: typeof row.kinds === 'string' ? (JSON.parse(row.kinds) as Record<string, number>) : (row.kinds ?? {}),
+    firstArrival: new Date(row.first),
+    lastArrival: new Date(row.last),
+    sample: row.sample,
+  }));
+}
+
+/** A recorded message, as `qguard queue ls` shows it. */
+export interface MessageRow {
+  host: string;
+  id: string;
+  line1: string;
+  state: MessageState;
+  kind: MessageKind;
+  forwarded: boolean;
+  chain: string[];
+  birth: Date | null;
+  arrival: Date;
+  sourceIp: string | null;
+  sourceRecorded: string | null;
+  helo: string | null;
+  remoteHost: string | null;
+  remoteInfo: string | null;
+  sender: string | null;
+  recipients: string[];
+  pending: string[];
+  rcptCount: number;
+  pendingCount: number;
+  bouncePending: boolean;
+  size: number;
+  subject: string | null;
+  problems: string[];
+  firstSeen: Date;
+  goneAt: Date | null;
+}
+
+export interface MessageFilter {
+  /** Only this host's messages (null: every host). */
+  host: string | null;
+  /** Only messages from this (normalised) IP or inside this network. */
+  net?: string;
+  kind?: MessageKind;
+  /** Include messages no longer in the queue. */
+  includeGone?: boolean;
+  limit?: number;
+}
+
+/** Recorded messages, oldest arrival first. */
+export async function listMessages(db: Queryable, f: MessageFilter): Promise<MessageRow[]> {
+  const where: string[] = [];
+  const params: unknown[] = [];
+  if (f.host !== null) {
+    params.push(f.host);
+    where.push(`host = $${params.length}`);
+  }
+  if (!f.includeGone) where.push('gone_at IS NULL');
+  if (f.net) {
+    params.push(f.net);
+    where.push(`source_ip <<= $${params.length}::cidr`);
+  }
+  if (f.kind) {
+    params.push(f.kind);
+    where.push(`kind = $${params.length}`);
+  }
+  let limit = '';
+  if (f.limit) {
+    params.push(f.limit);
+    limit = `LIMIT $${params.length}`;
+  }
+  const r = await db.query<Record<string, unknown>>(
+    `SELECT host, queue_id::text AS qid, line1, state, kind, forwarded, chain, birth, arrival, host(source_ip) AS ip,
+            source_recorded, helo, remote_host, remote_info, sender, recipients, pending, rcpt_count, pending_count,
+            bounce_pending, size, subject, problems, first_seen, gone_at
+       FROM qguard.messages ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+      ORDER BY arrival, queue_id ${limit}`,
+    params,
+  );
+  return r.rows.map((row) => ({
+    host: row.host as string,
+    id: row.qid as string,
+    line1: row.line1 as string,
+    state: row.state as MessageState,
+    kind: row.kind as MessageKind,
+    forwarded: Boolean(row.forwarded),
+    chain: (row.chain as string[]) ?? [],
+    birth: row.birth ? new Date(row.birth as string) : null,
+    arrival: new Date(row.arrival as string),
+    sourceIp: (row.ip as string | null) ?? null,
+    sourceRecorded: (row.source_recorded as string | null) ?? null,
+    helo: (row.helo as string | null) ?? null,
+    remoteHost: (row.remote_host as string | null) ?? null,
+    remoteInfo: (row.remote_info as string | null) ?? null,
+    sender: (row.sender as string | null) ?? null,
+    recipients: (row.recipients as string[]) ?? [],
+    pending: (row.pending as string[]) ?? [],
+    rcptCount: Number(row.rcpt_count),
+    pendingCount: Number(row.pending_count),
+    bouncePending: Boolean(row.bounce_pending),
+    size: Number(row.size),
+    subject: (row.subject as string | null) ?? null,
+    problems: (row.problems as string[]) ?? [],
+    firstSeen: new Date(row.first_seen as string),
+    goneAt: row.gone_at ? new Date(row.gone_at as string) : null,
+  }));
+}
+
+/** Counts of this host's recorded messages by kind and by state, and their sources. */
+export async function messageStats(
+  db: Queryable,
+  host: string,
+): Promise<{ byKind: Record<string, number>; byState: Record<string, number>; sources: number; noSource: number; total: number }> {
+  const r = await db.query<{ kind: string; state: string; n: number }>(
+    `SELECT kind, state, count(*)::int AS n FROM qguard.messages WHERE host = $1 AND gone_at IS NULL GROUP BY kind, state`,
+    [host],
+  );
+  const byKind: Record<string, number> = {};
+  const byState: Record<string, number> = {};
+  let total = 0;
+  for (const row of r.rows) {
+    byKind[row.kind] = (byKind[row.kind] ?? 0) + Number(row.n);
+    byState[row.state] = (byState[row.state] ?? 0) + Number(row.n);
+    total += Number(row.n);
+  }
+  const s = await db.query<{ sources: number; nosource: number }>(
+    `SELECT count(DISTINCT source_ip)::int AS sources, count(*) FILTER (WHERE source_ip IS NULL)::int AS nosource
+       FROM qguard.messages WHERE host = $1 AND gone_at IS NULL`,
+    [host],
+  );
+  return { byKind, byState, sources: Number(s.rows[0].sources), noSource: Number(s.rows[0].nosource), total };
+}

@@ -1,0 +1,449 @@
+// scan-queue: who is filling the queue. Every minute (cron), read each queued message once,
+// find the IP that sent it (only from our own two Received lines, lib/qmail/received.ts),
+// record it in qguard.messages, count messages per IP over every mail server sharing the
+// database, and deny an IP that reaches the threshold ("20 messages in 3 days").
+//
+//   look    stat every queue directory (about 100 of them); a directory whose signature
+//           (inode, mtime, ctime) equals the one stored at the last scan holds the same files,
+//           so its messages are not even listed. The split groups (mess/S, info/S, local/S,
+//           remote/S) that changed are listed and their files stat()ed; one more group per
+//           run, in rotation, is re-checked whatever its directories say (qmail-send rewrites
+//           local/ and remote/ files in place, which no directory records).
+//   read    only messages whose files changed: the envelope alone when mess/ is the same file,
+//           the head of mess/ too when it is new (inode reuse: line 1 tells a new message).
+//   record  batched writes (unnest), gone messages marked, old gone rows pruned.
+//   count   queued messages per source IP within the window, every host; candidates reaching
+//           the threshold are checked with decide() (relay/trust never denied), protection,
+//           QGUARD_SCAN_EXEMPT and ruleRefusal(); the rest get a `deny` rule of source `scan`.
+// All of it in ONE transaction: a database failure leaves nothing half-written (exit 111);
+// --dry-run runs everything and rolls back. The queue itself is never written.
+
+import path from 'node:path';
+import type { RunContext } from '../cli/run-main.js';
+import { TemporaryError } from '../errors.js';
+import type { Queryable } from '../db/connect.js';
+import { formatDuration } from '../duration.js';
+import { type Net, formatNetShort, netContains, parseIp } from '../net/address.js';
+import { decide } from '../policy/decide.js';
+import { ruleRefusal } from '../policy/guards.js';
+import { upsertRule } from '../db/rules.js';
+import {
+  countLive,
+  groupsWithFlatFiles,
+  insertMessages,
+  liveGroup,
+  loadScanState,
+  markGone,
+  overThreshold,
+  pruneGone,
+  resplit,
+  rulesForIps,
+  saveScanState,
+  updateEnvelopes,
+  updateMessages,
+} from '../db/messages.js';
+import {
+  type EnvelopeState,
+  type QueueDirName,
+  type QueueLayout,
+  type QueuedMessage,
+  QueueChanged,
+  dirSignature,
+  flatDirs,
+  groupDirs,
+  listIds,
+  messageSignature,
+  openQueue,
+  readEnvelope,
+  readMessageWith,
+  splitOf,
+  statMessage,
+} from '../io/queue-walk.js';
+
+/** Flags of the scan-queue command (threshold and window come through the config). */
+export interface ScanOptions {
+  dryRun?: boolean;
+  json?: boolean;
+  /** commander's --no-deny sets this false: record and count only. */
+  deny?: boolean;
+}
+
+/** An IP over the threshold that was not denied, and why. */
+export interface NotDenied {
+  ip: string;
+  count: number;
+  why: string;
+}
+
+/** The --json summary (INTERFACE.md), with a few extra fields. */
+export interface ScanSummary {
+  scanned: number;
+  new: number;
+  unchanged: number;
+  gone: number;
+  skipped: number;
+  errors: number;
+  denied: string[];
+  durationMs: number;
+  /** Re-read because their files changed. */
+  updated: number;
+  dryRun: boolean;
+  threshold: number;
+  window: string;
+  /** IPs at or over the threshold, however they were handled. */
+  overThreshold: number;
+  /** Over the threshold but left alone (relay/trust, protected, exempt, refused). */
+  notDenied: NotDenied[];
+  /** Over the threshold and already denied by a live rule. */
+  alreadyDenied: number;
+  /** Split groups whose files were listed this run (of `split`). */
+  groupsRead: number;
+  split: number;
+  pruned: number;
+}
+
+/** Thrown inside the transaction to roll a dry run back (a TemporaryError passes through the db layer untouched). */
+class DryRunRollback extends TemporaryError {
+  constructor(readonly summary: ScanSummary) {
+    super('dry run: rolled back');
+  }
+}
+
+/** A directory whose ctime is this recent may still change within its timestamp tick: look again next time. */
+const SETTLE_MS = 2000;
+/** Gone rows are kept this much longer than the window (review, purge provenance). */
+const PRUNE_MARGIN_SECONDS = 86400;
+
+/** Run scan-queue. */
+export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<void> {
+  const started = performance.now();
+  const dryRun = Boolean(opts.dryRun);
+  await ctx.jobLock('scan-queue', { record: !dryRun });
+  const layout = openQueue(path.resolve(ctx.config.queueDir));
+  const db = await ctx.db();
+  let summary: ScanSummary;
+  try {
+    summary = await db.transaction(async (tx) => {
+      const s = await scanInto(ctx, tx, layout, { dryRun, deny: opts.deny !== false, started });
+      if (dryRun) throw new DryRunRollback(s);
+      return s;
+    });
+  } catch (err) {
+    if (!(err instanceof DryRunRollback)) throw err;
+    summary = err.summary;
+  }
+  summary.durationMs = Math.round(performance.now() - started);
+  ctx.log.info(
+    `${layout.dir}: ${summary.scanned} messages: ${summary.new} new, ${summary.updated} updated, ${summary.unchanged} unchanged, ` +
+      `${summary.gone} gone, ${summary.skipped} skipped, ${summary.errors} odd; ${summary.groupsRead}/${summary.split} groups read; ` +
+      `${summary.overThreshold} IPs at ${summary.threshold}+ in ${summary.window}; ${dryRun ? 'would deny' : 'denied'} ` +
+      `${summary.denied.length ? summary.denied.join(' ') : 'none'} (${summary.durationMs} ms)`,
+  );
+  ctx.jobSummary(summary);
+  if (opts.json) ctx.printJson(summary);
+}
+
+interface Buffers {
+  inserts: QueuedMessage[];
+  updates: { rowId: number; message: QueuedMessage }[];
+  envelopes: { rowId: number; envelope: EnvelopeState; sig: string }[];
+  gone: number[];
+}
+
+async function flush(tx: Queryable, host: string, b: Buffers, force: boolean): Promise<void> {
+  const size = b.inserts.length + b.updates.length + b.envelopes.length + b.gone.length;
+  if (size === 0 || (!force && size < 2000)) return;
+  if (b.inserts.length) await insertMessages(tx, host, b.inserts);
+  if (b.updates.length) await updateMessages(tx, b.updates);
+  if (b.envelopes.length) await updateEnvelopes(tx, b.envelopes);
+  if (b.gone.length) await markGone(tx, b.gone);
+  b.inserts = [];
+  b.updates = [];
+  b.envelopes = [];
+  b.gone = [];
+}
+
+function errCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+async function scanInto(
+  ctx: RunContext,
+  tx: Queryable,
+  layout: QueueLayout,
+  run: { dryRun: boolean; deny: boolean; started: number },
+): Promise<ScanSummary> {
+  const { config, log } = ctx;
+  const host = config.host;
+  const summary: ScanSummary = {
+    scanned: 0,
+    new: 0,
+    unchanged: 0,
+    gone: 0,
+    skipped: 0,
+    errors: 0,
+    denied: [],
+    durationMs: 0,
+    updated: 0,
+    dryRun: run.dryRun,
+    threshold: config.threshold,
+    window: formatDuration(config.windowSeconds),
+    overThreshold: 0,
+    notDenied: [],
+    alreadyDenied: 0,
+    groupsRead: 0,
+    split: layout.split,
+    pruned: 0,
+  };
+
+  // ---- look: which directories changed since the last scan
+  const prev = await loadScanState(tx, host);
+  let prevDirs: Record<string, string> = prev?.dirs ?? {};
+  if (prev && (prev.queueDir !== layout.dir || prev.split !== layout.split)) {
+    log.info(`queue changed (${prev.queueDir} split ${prev.split} -> ${layout.dir} split ${layout.split}): reading all of it`);
+    prevDirs = {};
+    if (prev.split !== layout.split) await resplit(tx, host, layout.split);
+  }
+  const settledBefore = Date.now() - SETTLE_MS;
+  const nowDirs: Record<string, string> = {};
+  const look = (key: string, p: string): boolean => {
+    const s = dirSignature(p);
+    const sig = s ? s.sig : 'missing';
+    nowDirs[key] = s && s.ctimeMs >= settledBefore ? '' : sig;
+    return prevDirs[key] !== sig;
+  };
+  const groups = new Set<number>();
+  for (let s = 0; s < layout.split; s++) {
+    let changed = false;
+    for (const d of groupDirs(layout, s)) if (look(`${d.dir}/${s}`, d.path)) changed = true;
+    if (changed) groups.add(s);
+  }
+  let flatChanged = false;
+  for (const d of flatDirs(layout)) if (look(d.dir, d.path)) flatChanged = true;
+  const rotation = (prev?.rotation ?? 0) % layout.split;
+  groups.add(rotation);
+
+  // The unsplit directories (todo/, intd/, bounce/) are listed whenever any group is read:
+  // they say which messages of a group are still in todo or have a bounce pending.
+  const flat = new Map<string, QueueDirName[]>();
+  if (flatChanged) for (const g of await groupsWithFlatFiles(tx, host)) groups.add(g);
+  for (const d of flatDirs(layout)) {
+    const { ids, odd } = listIds(d.path);
+    if (odd.length) log.info(`${d.dir}/: ${odd.length} names that are not queue ids (e.g. ${JSON.stringify(odd[0].slice(0, 40))})`);
+    for (const id of ids) {
+      const list = flat.get(id);
+      if (list) list.push(d.dir);
+      else flat.set(id, [d.dir]);
+      if (flatChanged) groups.add(splitOf(id, layout.split));
+    }
+  }
+
+  // ---- read the changed groups
+  const buf: Buffers = { inserts: [], updates: [], envelopes: [], gone: [] };
+  const odd = (what: string) => {
+    summary.errors++;
+    log.info(what);
+  };
+  for (const s of [...groups].sort((a, b) => a - b)) {
+    summary.groupsRead++;
+    let unsettle = false;
+    const present = new Map<string, QueueDirName[]>();
+    const orphans: string[] = [];
+    for (const d of groupDirs(layout, s)) {
+      const { ids, odd: oddNames } = listIds(d.path);
+      if (oddNames.length) log.info(`${d.dir}/${s}: ${oddNames.length} names that are not queue ids (e.g. ${JSON.stringify(oddNames[0].slice(0, 40))})`);
+      for (const id of ids) {
+        if (d.dir === 'mess') present.set(id, ['mess', ...(present.get(id) ?? [])]);
+        else {
+          const list = present.get(id);
+          if (list) list.push(d.dir);
+          else present.set(id, [d.dir]);
+        }
+      }
+    }
+    for (const [id, dirs] of flat) if (splitOf(id, layout.split) === s) present.set(id, [...(present.get(id) ?? []), ...dirs]);
+    const stored = await liveGroup(tx, host, s);
+    const keep = new Set<number>();
+    for (const [id, dirs] of present) {
+      if (dirs[0] !== 'mess') {
+        // Files of a message without mess/: qmail-send is finishing it, or they are leftovers.
+        orphans.push(id);
+        continue;
+      }
+      if (id.length > 18 && BigInt(id) > 9223372036854775807n) {
+        odd(`mess/${s}/${id}: id too large`);
+        continue;
+      }
+      let stats;
+      try {
+        stats = statMessage(layout, id, dirs);
+      } catch (err) {
+        odd(`mess/${s}/${id}: ${(err as Error).message}`);
+        unsettle = true;
+        continue;
+      }
+      if (!stats.mess) {
+        summary.skipped++; // delivered while we looked
+        continue;
+      }
+      const { sig, messSig } = messageSignature(stats);
+      const rows = stored.get(id) ?? [];
+      const same = rows.find((r) => r.sig === sig);
+      if (same) {
+        summary.unchanged++;
+        keep.add(same.rowId);
+        continue;
+      }
+      const messSame = rows.find((r) => r.messSig === messSig && r.line1 !== '');
+      if (messSame) {
+        try {
+          const envelope = readEnvelope(layout, id, stats);
+          buf.envelopes.push({ rowId: messSame.rowId, envelope, sig });
+          keep.add(messSame.rowId);
+          summary.updated++;
+          if (envelope.problems.length && !envelope.state.startsWith('in-flight')) odd(`message ${id}: ${envelope.problems.join('; ')}`);
+          await flush(tx, host, buf, false);
+          continue;
+        } catch (err) {
+          // Changed under us (todo/ removed mid-read): read it in full below.
+          if (!(err instanceof QueueChanged) && errCode(err) !== 'ENOENT') {
+            odd(`message ${id}: ${(err as Error).message}`);
+            unsettle = true;
+            keep.add(messSame.rowId);
+            continue;
+          }
+        }
+      }
+      const outcome = readMessageWith(layout, id, stats);
+      if (outcome.status === 'vanished') {
+        summary.skipped++;
+        continue;
+      }
+      if (outcome.status === 'unstable') {
+        summary.skipped++;
+        unsettle = true;
+        for (const r of rows) keep.add(r.rowId);
+        continue;
+      }
+      if (outcome.status === 'unreadable') {
+        odd(outcome.error);
+        unsettle = true;
+        for (const r of rows) keep.add(r.rowId);
+        continue;
+      }
+      const m = outcome.message;
+      const inFlight = m.state.startsWith('in-flight');
+      if (m.line1 === '' && inFlight) {
+        // qmail-queue has not written line 1 yet: nothing to record; intd/todo will follow.
+        summary.skipped++;
+        continue;
+      }
+      if (m.problems.length && !inFlight) odd(`${m.files[0]}: ${m.problems.join('; ')}`);
+      const match = rows.find((r) => r.line1 === m.line1);
+      if (match) {
+        buf.updates.push({ rowId: match.rowId, message: m });
+        keep.add(match.rowId);
+        summary.updated++;
+      } else {
+        buf.inserts.push(m);
+        summary.new++;
+      }
+      await flush(tx, host, buf, false);
+    }
+    if (orphans.length) log.info(`group ${s}: ${orphans.length} message(s) with files but no mess/ (e.g. ${orphans[0]})`);
+    for (const rows of stored.values()) for (const r of rows) if (!keep.has(r.rowId)) buf.gone.push(r.rowId);
+    summary.gone += [...stored.values()].reduce((n, rows) => n + rows.filter((r) => !keep.has(r.rowId)).length, 0);
+    if (unsettle) for (const d of groupDirs(layout, s)) nowDirs[`${d.dir}/${s}`] = '';
+    await flush(tx, host, buf, false);
+  }
+  await flush(tx, host, buf, true);
+  summary.pruned = await pruneGone(tx, config.windowSeconds + PRUNE_MARGIN_SECONDS);
+  summary.scanned = await countLive(tx, host);
+  summary.unchanged = summary.scanned - summary.new - summary.updated;
+
+  // ---- count and deny
+  await denyOverThreshold(ctx, tx, summary, run);
+
+  await saveScanState(tx, {
+    host,
+    queueDir: layout.dir,
+    split: layout.split,
+    dirs: nowDirs,
+    rotation: (rotation + 1) % layout.split,
+    durationMs: performance.now() - run.started,
+    messages: summary.scanned,
+  });
+  return summary;
+}
+
+/** Why an address over the threshold must not be denied automatically, or null. */
+function exemption(
+  ip: Net,
+  decisions: { host: string; decision: string; rule: { cidr: string; source: string } | null }[],
+  ctx: RunContext,
+): string | null {
+  for (const d of decisions) {
+    if (d.decision === 'relay' || d.decision === 'trust') {
+      return `${d.decision} on ${d.host}${d.rule ? ` (${d.rule.cidr}, source ${d.rule.source})` : ''}`;
+    }
+  }
+  const exempt = ctx.config.scanExempt.find((n) => netContains(n, ip));
+  if (exempt) return `inside ${formatNetShort(exempt)} (QGUARD_SCAN_EXEMPT)`;
+  return ruleRefusal(ip, 'deny', { protectedNets: ctx.protectedNets(), minPrefix: ctx.config.minPrefix });
+}
+
+async function denyOverThreshold(
+  ctx: RunContext,
+  tx: Queryable,
+  summary: ScanSummary,
+  run: { dryRun: boolean; deny: boolean },
+): Promise<void> {
+  const { config, log } = ctx;
+  const over = await overThreshold(tx, config.windowSeconds, config.threshold);
+  summary.overThreshold = over.length;
+  if (over.length === 0) return;
+  const rules = await rulesForIps(tx, over.map((o) => o.ip));
+  const prot = ctx.protectedNets();
+  for (const o of over) {
+    const parsed = parseIp(o.ip);
+    if (!parsed.ok) continue;
+    const ip = parsed.net;
+    const mine = rules.get(o.ip) ?? [];
+    // The decision here and on every host that has a rule of its own for this address: a
+    // partner trusted on one mail server is not denied for the whole fleet.
+    const hosts = [config.host, ...new Set(mine.map((r) => r.host).filter((h): h is string => h !== null && h !== config.host))];
+    const decisions = hosts.map((h) => {
+      const d = decide(ip, mine.filter((r) => r.host === null || r.host === h), prot);
+      return { host: h, decision: d.decision, rule: d.rule, protected: d.protected };
+    });
+    const here = decisions[0];
+    if (here.decision === 'deny' && here.rule?.host === null) {
+      summary.alreadyDenied++;
+      continue;
+    }
+    const why = exemption(ip, decisions, ctx);
+    if (why) {
+      summary.notDenied.push({ ip: o.ip, count: o.count, why });
+      log.info(`not denying ${o.ip} (${o.count} queued messages): ${why}`);
+      continue;
+    }
+    if (!run.deny) {
+      summary.notDenied.push({ ip: o.ip, count: o.count, why: '--no-deny' });
+      continue;
+    }
+    const reason = `${o.count} queued messages in ${summary.window}`;
+    if (!run.dryRun) {
+      await upsertRule(tx, {
+        net: ip,
+        action: 'deny',
+        source: 'scan',
+        reason,
+        who: `scan-queue (${config.host})`.slice(0, 200),
+        ttlSeconds: config.scanBanSeconds,
+        host: null,
+      });
+    }
+    summary.denied.push(o.ip);
+    log.info(`${run.dryRun ? 'would deny' : 'denied'} ${o.ip}: ${reason}`);
+  }
+}
