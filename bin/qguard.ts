@@ -6,11 +6,13 @@ import { registerDb } from '../lib/cli/commands/db.js';
 import { registerIp } from '../lib/cli/commands/ip.js';
 import { registerDomain } from '../lib/cli/commands/domain.js';
 import { registerFirewall } from '../lib/cli/commands/firewall.js';
+import { registerQueue } from '../lib/cli/commands/queue.js';
 
 const program = newProgram('qguard', 'spam blocking for qmail: IP rules, domains, queue review, quarantine, status');
 registerDb(program);
 registerIp(program);
 registerDomain(program);
 registerFirewall(program);
+registerQueue(program);
 
 await runMain(program);
