@@ -50,6 +50,15 @@ export function decodeSortKey(k: number): { addr: number; prefix: number; order:
   return { addr, prefix, order: rest - prefix * SORT_PREFIX_MUL };
 }
 
+/**
+ * How many tcprules keys a CIDR of this prefix expands to on its own (/8, /16, /24, /32: one;
+ * /12: 16; /28: 16). The deny-key guard of sync-rules counts these: unlike the planned keys
+ * (where 256 denied /32s of one /24 become one key), they do not shrink when rules line up.
+ */
+export function keysOfPrefix(prefix: number): number {
+  return 2 ** (Math.max(8, Math.ceil(prefix / 8) * 8) - prefix);
+}
+
 /** Key granularity: the prefix a key stands for (`a.` = 8 ... exact = 32). */
 export type Gran = 8 | 16 | 24 | 32;
 
