@@ -1,0 +1,322 @@
+// scan-queue on queues built in qmail's layout: the adversarial queue of the issue (truncated
+// and junk files, forged deeper Received lines, line 2 missing, huge header lines, a 2 MB
+// message, files vanishing mid-scan), incremental rescans (unchanged files are not read
+// again, inode reuse, gone messages), other layouts (conf-split 3, big-todo).
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openQueue, readMessage, readMessageWith, statMessage } from '../../lib/io/queue-walk.js';
+import {
+  NO_MAILBOX,
+  QueueBuilder,
+  bounceMessage,
+  fixtureTemplates,
+  fromTemplate,
+  localMessage,
+  networkMessage,
+  plainMessage,
+} from '../helpers/queue-builder.js';
+import { createTestDb, type TestDb } from '../helpers/db.js';
+import { runCli } from '../helpers/cli.js';
+
+let db: TestDb;
+beforeAll(async () => {
+  db = await createTestDb();
+});
+afterAll(async () => {
+  await db?.drop();
+});
+
+interface Summary {
+  scanned: number;
+  new: number;
+  unchanged: number;
+  updated: number;
+  gone: number;
+  skipped: number;
+  errors: number;
+  denied: string[];
+  groupsRead: number;
+}
+
+async function scan(q: QueueBuilder, args: string[] = [], extra: Record<string, string> = {}): Promise<{ s: Summary; stderr: string }> {
+  const r = await runCli('scan-queue', ['--json', ...args], { env: { ...db.env, QGUARD_QUEUE: q.dir, ...extra } });
+  if (r.code !== 0) throw new Error(`scan-queue exit ${r.code}: ${r.stderr}`);
+  return { s: JSON.parse(r.stdout) as Summary, stderr: r.stderr };
+}
+
+async function ls(q: QueueBuilder, args: string[] = [], extra: Record<string, string> = {}) {
+  const r = await runCli('qguard', ['queue', 'ls', '--json', ...args], { env: { ...db.env, QGUARD_QUEUE: q.dir, ...extra } });
+  expect(r.code).toBe(0);
+  return JSON.parse(r.stdout) as { id: string; sourceIp: string | null; kind: string; state: string; problems: string[]; pending: string[]; goneAt: string | null; subject: string | null; size: number }[];
+}
+
+describe('the adversarial queue', () => {
+  const host = { QGUARD_HOST: 'adversarial' };
+  let q: QueueBuilder;
+  const ids: Record<string, string> = {};
+
+  beforeAll(() => {
+    q = QueueBuilder.create();
+    // 25 spams from 203.0.113.50, each with a forged qmail-style Received line for 6.6.6.6 below ours.
+    const forged =
+      'Received: from unknown (HELO mx.example.net) (6.6.6.6)\n  by mx.example.net with SMTP; 27 Nov 2026 00:00:00 -0000\n' +
+      'Received: from [6.6.6.6] (helo=trusted.example)\n\tby relay.forged.example with esmtpa (Exim 4.96)\n';
+    for (let i = 0; i < 25; i++) q.add({ mess: networkMessage({ ip: '203.0.113.50', pid: 100 + i, content: forged + plainMessage({ subject: `forged ${i}` }) }) });
+    // Also 25 messages whose line 2 is missing but a deeper line names 6.6.6.6.
+    for (let i = 0; i < 25; i++) {
+      q.add({
+        mess: `Received: (qmail ${200 + i} invoked from network); 28 Nov 2026 00:22:16 -0000\nX-Spam: yes\nReceived: from unknown (6.6.6.6)\n  by mx.example.net with SMTP; 28 Nov 2026 00:22:16 -0000\n\nbody\n`,
+      });
+    }
+    ids.truncated = q.add({ mess: 'Received: (qmail 300 invo', state: 'todo' });
+    ids.junk = q.add({ mess: Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 0x0d, 0x49, 0x48, 0x44, 0x52, 0xff, 0xfe]) });
+    ids.empty = q.add({ mess: '', state: 'todo' });
+    ids.longHeaders = q.add({
+      mess: networkMessage({ ip: '198.51.100.201', content: `X-Long-1: ${'a'.repeat(100_000)}\nX-Long-2: ${'b'.repeat(100_000)}\nSubject: after the long lines\n\nbody\n` }),
+    });
+    ids.big = q.add({ mess: networkMessage({ ip: '198.51.100.202', content: plainMessage({ subject: 'big', body: `${'x'.repeat(76)}\n`.repeat(27_000) }) }) });
+    ids.inflightEmpty = q.add({ mess: '', state: 'in-flight-mess-only' });
+    ids.inflight = q.add({ mess: networkMessage({ ip: '198.51.100.203' }).slice(0, 200), state: 'in-flight-mess-only' });
+    ids.bounceNoMarker = q.add({
+      mess: 'Received: (qmail 400 invoked for bounce); 28 Nov 2026 00:22:16 -0000\nSubject: failure notice\n\nHi. This is the qmail-send program.\n',
+      sender: '#@[]',
+    });
+    // Odd names and orphans that are not messages.
+    fs.writeFileSync(path.join(q.dir, 'mess', '3', '.nfs0001'), 'x');
+    fs.writeFileSync(path.join(q.dir, 'info', '5', '1499999'), 'Fx\0');
+  });
+  afterAll(() => q.destroy());
+
+  it('never fails, counts the odd ones, and never trusts the forged lines', async () => {
+    const { s, stderr } = await scan(q, [], host);
+    expect(stderr).toBe('');
+    // 50 + truncated + junk + empty-but-committed + long headers + big + in-flight + bounce without
+    // marker; the empty in-flight one waits for qmail-queue to write its first line.
+    expect(s.scanned).toBe(57);
+    expect(s.skipped).toBe(1);
+    // line 2 missing (25), truncated, junk, empty, bounce without its marker
+    expect(s.errors).toBe(29);
+    expect(s.denied).toEqual(['203.0.113.50']);
+    const all = await ls(q, [], host);
+    expect(all.filter((m) => m.sourceIp === '6.6.6.6')).toEqual([]);
+    const byId = new Map(all.map((m) => [m.id, m]));
+    expect(byId.get(ids.truncated)).toMatchObject({ kind: 'unknown', sourceIp: null, state: 'todo' });
+    expect(byId.get(ids.junk)).toMatchObject({ kind: 'unknown', sourceIp: null });
+    expect(byId.get(ids.junk)!.problems.length).toBeGreaterThan(0);
+    expect(byId.get(ids.longHeaders)).toMatchObject({ sourceIp: '198.51.100.201', subject: null, problems: [] });
+    expect(byId.get(ids.big)).toMatchObject({ sourceIp: '198.51.100.202', subject: 'big', problems: [] });
+    expect(byId.get(ids.big)!.size).toBeGreaterThan(2_000_000);
+    expect(byId.get(ids.inflight)).toMatchObject({ sourceIp: '198.51.100.203', state: 'in-flight-mess-only' });
+    expect(byId.get(ids.bounceNoMarker)).toMatchObject({ kind: 'double-bounce', sourceIp: null });
+    expect(byId.get(ids.empty)).toMatchObject({ kind: 'unknown', state: 'todo' });
+    expect(byId.has(ids.inflightEmpty)).toBe(false);
+    expect(byId.has('1499999')).toBe(false);
+  });
+
+  it('explains the odd ones under --verbose, still exit 0', async () => {
+    const r = await runCli('scan-queue', ['--verbose', '--no-deny', '--dry-run'], { env: { ...db.env, QGUARD_QUEUE: q.dir, QGUARD_HOST: 'adversarial-v' } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/line 2 is not qmail-smtpd's Received line/);
+    expect(r.stderr).toMatch(/not qmail-queue's Received line/);
+    expect(r.stderr).toMatch(/\.nfs0001|not queue ids/);
+    expect(r.stderr).toMatch(/files but no mess/);
+  });
+
+  it('reads only a bounded head of a 2 MB message, even for a bounce quoting it', () => {
+    const layout = openQueue(q.dir);
+    const r = readMessage(layout, ids.big);
+    expect(r.status).toBe('ok');
+    if (r.status === 'ok') expect(r.message.headBytes).toBeLessThanOrEqual(4096);
+    const huge = networkMessage({ ip: '198.51.100.204', content: plainMessage({ body: 'y'.repeat(2_100_000) }) });
+    const id = q.add({ mess: bounceMessage({ original: huge, originalSender: 'a@b.example', failed: [{ address: 'x@example.net', reason: NO_MAILBOX }] }), sender: '' });
+    const b = readMessage(layout, id);
+    expect(b.status).toBe('ok');
+    if (b.status === 'ok') {
+      expect(b.message.origin.sourceIp).toBe('198.51.100.204');
+      expect(b.message.headBytes).toBeLessThanOrEqual(64 * 1024);
+    }
+    q.remove(id);
+  });
+});
+
+describe('files that change or disappear under the reader', () => {
+  it('a message delivered between the stat and the read is "vanished", not an error', () => {
+    const q = QueueBuilder.create();
+    try {
+      const layout = openQueue(q.dir);
+      const id = q.add({ mess: networkMessage({ ip: '192.0.2.9' }) });
+      const stats = statMessage(layout, id);
+      q.remove(id);
+      expect(readMessageWith(layout, id, stats)).toEqual({ status: 'vanished' });
+    } finally {
+      q.destroy();
+    }
+  });
+
+  it('a message preprocessed between the stat and the read is read again in its new state', () => {
+    const q = QueueBuilder.create();
+    try {
+      const layout = openQueue(q.dir);
+      const mess = networkMessage({ ip: '192.0.2.10' });
+      const id = q.add({ mess, state: 'todo', sender: 's@x.example', recipients: ['dave@example.net'] });
+      const stats = statMessage(layout, id);
+      expect(stats.todo).toBeDefined();
+      // qmail-send: info + local, then intd and todo go.
+      q.remove(id);
+      q.add({ id, mess, sender: 's@x.example', recipients: ['dave@example.net'] });
+      const r = readMessageWith(layout, id, stats);
+      expect(r.status).toBe('ok');
+      if (r.status === 'ok') expect(r.message).toMatchObject({ state: 'preprocessed', sender: 's@x.example' });
+    } finally {
+      q.destroy();
+    }
+  });
+
+  it('a scan racing qmail-send deleting messages: exit 0, silent, no errors', async () => {
+    const q = QueueBuilder.create();
+    try {
+      const ids: string[] = [];
+      for (let i = 0; i < 3000; i++) ids.push(q.add({ mess: networkMessage({ ip: `192.0.2.${i % 200}`, pid: i + 1 }), recipients: ['dave@example.net'] }));
+      // A separate process deletes every other message while the scan runs.
+      const victims = ids.filter((_, i) => i % 2 === 0).map((id) => ['mess', 'info', 'local'].map((d) => q.path(d as 'mess', id)));
+      const script = `for f in "$@"; do rm -f "$f"; done`;
+      const killer = spawn('sh', ['-c', script, 'sh', ...victims.flat()], { stdio: 'ignore' });
+      const r = await runCli('scan-queue', ['--json', '--no-deny'], { env: { ...db.env, QGUARD_QUEUE: q.dir, QGUARD_HOST: 'racing' } });
+      await new Promise((res) => killer.on('exit', res));
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const s = JSON.parse(r.stdout) as Summary;
+      expect(s.errors).toBe(0);
+      expect(s.scanned).toBeGreaterThanOrEqual(1500);
+      // The next scan agrees with what is left.
+      const { s: s2 } = await scan(q, ['--no-deny'], { QGUARD_HOST: 'racing' });
+      expect(s2.scanned).toBe(1500);
+      expect(s2.errors).toBe(0);
+    } finally {
+      q.destroy();
+    }
+  });
+});
+
+describe('incremental rescans', () => {
+  const host = { QGUARD_HOST: 'incremental' };
+  let q: QueueBuilder;
+  const ids: string[] = [];
+
+  beforeAll(() => {
+    // conf-split 3: any prime works, and the rotation comes round quickly.
+    q = QueueBuilder.create({ split: 3 });
+    const t = fixtureTemplates();
+    for (let i = 0; i < 30; i++) {
+      ids.push(
+        q.add({
+          mess: fromTemplate(t[i % t.length], { ip: `198.51.100.${10 + (i % 3)}`, pid: 1000 + i }),
+          recipients: [{ address: 'dave@example.net' }, { address: 'carol@example.net' }],
+          arrival: new Date(Date.now() - 3_600_000),
+        }),
+      );
+    }
+  });
+  afterAll(() => q.destroy());
+
+  it('reads everything once, then nothing while nothing changes', async () => {
+    const first = (await scan(q, ['--no-deny'], host)).s;
+    expect(first).toMatchObject({ scanned: 30, new: 30, unchanged: 0, errors: 0 });
+    expect(first.groupsRead).toBe(3);
+    // The directories must be older than the settle time before their signatures are trusted.
+    await new Promise((r) => setTimeout(r, 2100));
+    const second = (await scan(q, ['--no-deny'], host)).s;
+    expect(second).toMatchObject({ scanned: 30, new: 0, updated: 0, gone: 0 });
+    const third = (await scan(q, ['--no-deny'], host)).s;
+    expect(third).toMatchObject({ scanned: 30, new: 0, unchanged: 30, updated: 0, gone: 0 });
+    // Only the rotation's one group was listed.
+    expect(third.groupsRead).toBe(1);
+  });
+
+  it('an unchanged message is not read again (same inode, size and mtime)', async () => {
+    const id = ids[0];
+    const file = q.path('mess', id);
+    const st = fs.statSync(file);
+    const text = fs.readFileSync(file, 'latin1');
+    const swapped = text.replace(/\(198\.51\.100\.1\d\)/, '(198.51.100.99)');
+    expect(swapped.length).toBe(text.length);
+    fs.writeFileSync(file, swapped, 'latin1');
+    fs.utimesSync(file, st.atime, st.mtime);
+    await scan(q, ['--no-deny'], host);
+    const row = (await ls(q, [], host)).find((m) => m.id === id)!;
+    // Still the recorded source: the file was not opened.
+    expect(row.sourceIp).not.toBe('198.51.100.99');
+    fs.writeFileSync(file, text, 'latin1');
+    fs.utimesSync(file, st.atime, st.mtime);
+  });
+
+  it('in-place T->D changes of local/ are picked up by the rotation within conf-split runs', async () => {
+    const id = ids[1];
+    const file = q.path('local', id);
+    const buf = fs.readFileSync(file);
+    buf[0] = 'D'.charCodeAt(0); // qmail-send's markdone: one byte, in place
+    fs.writeFileSync(file, buf);
+    for (let i = 0; i < 3; i++) await scan(q, ['--no-deny'], host);
+    const row = (await ls(q, [], host)).find((m) => m.id === id)!;
+    expect(row.pending).toEqual(['carol@example.net']);
+  });
+
+  it('a delivered message is marked gone; a reused inode number is a new message', async () => {
+    const gone = ids[2];
+    const reused = ids[3];
+    q.remove(gone);
+    q.remove(reused);
+    q.add({ id: reused, mess: networkMessage({ ip: '203.0.113.77', pid: 999_999 }), recipients: ['dave@example.net'] });
+    const { s } = await scan(q, ['--no-deny'], host);
+    expect(s).toMatchObject({ scanned: 29, new: 1, gone: 2 });
+    const live = await ls(q, [], host);
+    expect(live.find((m) => m.id === gone)).toBeUndefined();
+    expect(live.find((m) => m.id === reused)?.sourceIp).toBe('203.0.113.77');
+    const all = await ls(q, ['--all'], host);
+    const rows = all.filter((m) => m.id === reused);
+    expect(rows.length).toBe(2);
+    expect(rows.filter((m) => m.goneAt !== null).length).toBe(1);
+  });
+
+  it('a moved queue or another conf-split is read in full, rows follow', async () => {
+    const other = QueueBuilder.create({ split: 7 });
+    try {
+      for (let i = 0; i < 5; i++) other.add({ mess: networkMessage({ ip: '198.51.100.40', pid: 7000 + i }) });
+      const { s } = await scan(other, ['--no-deny'], host);
+      expect(s).toMatchObject({ scanned: 5, new: 5, gone: 29 });
+      expect(s.groupsRead).toBe(7);
+    } finally {
+      other.destroy();
+    }
+  });
+});
+
+describe('queue layouts', () => {
+  it('big-todo (split todo/ and intd/) and unprocessed mail', async () => {
+    const q = QueueBuilder.create({ split: 5, bigTodo: true });
+    try {
+      for (let i = 0; i < 4; i++) q.add({ mess: networkMessage({ ip: '198.51.100.50', pid: 50 + i }), state: 'todo' });
+      q.add({ mess: localMessage(), state: 'todo', sender: 'root@mx.example.net', uid: 0 });
+      const layout = openQueue(q.dir);
+      expect(layout.splitDirs).toMatchObject({ todo: true, intd: true, bounce: false });
+      const { s } = await scan(q, ['--no-deny'], { QGUARD_HOST: 'bigtodo' });
+      expect(s).toMatchObject({ scanned: 5, new: 5, errors: 0 });
+      const rows = await ls(q, [], { QGUARD_HOST: 'bigtodo' });
+      expect(rows.map((r) => r.state)).toEqual(['todo', 'todo', 'todo', 'todo', 'todo']);
+      expect(rows.filter((r) => r.kind === 'local').length).toBe(1);
+    } finally {
+      q.destroy();
+    }
+  });
+
+  it('a directory that is not a queue: exit 100, naming it', async () => {
+    const dir = fs.mkdtempSync(path.join(db.stateDir, 'notaqueue-'));
+    const r = await runCli('scan-queue', [], { env: { ...db.env, QGUARD_QUEUE: dir } });
+    expect(r.code).toBe(100);
+    expect(r.stderr).toMatch(new RegExp(`^scan-queue: fatal: unable to read queue ${dir}/mess`));
+  });
+});
