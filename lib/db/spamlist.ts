@@ -1,6 +1,6 @@
-// The database half of import-spamlist: load one list's networks into a temporary staging
-// table (server: COPY through pg-copy-streams; embedded PGlite: batched arrays with unnest),
-// drop those equal to or inside a live relay/trust network, diff against the source's rules,
+// The database half of import-spamlist: drop the list's networks equal to or inside a live
+// relay/trust network, load the rest into a temporary staging table (server: COPY through
+// pg-copy-streams; embedded PGlite: batched arrays with unnest), diff against the source's rules,
 // let the caller refuse, then merge set-wise — all in ONE transaction, so a refused or failed
 // run changes nothing and a reader never sees half a list. No per-entry statements.
 
@@ -8,6 +8,17 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Db, Queryable } from './connect.js';
 import { dbError } from './connect.js';
+import { type Net, formatNetShort, mustParseNet } from '../net/address.js';
+
+/** The list to store, made once the relay/trust networks are known (lib/spamlist/entry-set.ts). */
+export interface StagedList {
+  /** Entries dropped for lying inside a relay/trust network, with that network. */
+  dropped: { net: Net; inside: Net }[];
+  /** Networks to store. */
+  networks: number;
+  /** The networks as CIDR text, streamed once. */
+  texts(): Iterable<string>;
+}
 
 /** What the import would change (or changed): computed before any write. */
 export interface SpamlistDiff {
@@ -92,39 +103,47 @@ async function loadEmbedded(tx: Queryable, networks: Iterable<string>): Promise<
 const SAME = `r.action = 'deny' AND r.reason IS NOT DISTINCT FROM $2 AND r.who IS NULL`;
 
 /**
- * Diff the list (`networks`: distinct, aggregated CIDR texts) against the rules of
- * `opts.source`, call `opts.check`, and unless `dryRun` make the source hold them: insert the
- * new, rewrite the changed, and with `replace` delete the rest of the source.
+ * Fetch the relay/trust networks and let `plan` make the list without what lies inside them;
+ * diff the list against the rules of `opts.source`, call `opts.check`, and unless `dryRun`
+ * make the source hold it: insert the new, rewrite the changed, and with `replace` delete the
+ * rest of the source.
  */
-export async function mergeSpamlist(db: Db, networks: Iterable<string>, opts: SpamlistMerge): Promise<SpamlistDiff> {
+export async function mergeSpamlist(
+  db: Db,
+  plan: (relayTrust: readonly Net[]) => StagedList,
+  opts: SpamlistMerge,
+): Promise<SpamlistDiff> {
   return db.transaction(async (tx) => {
     // Two imports of the same list (two hosts' cron) take turns instead of colliding.
     await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`qguard import-spamlist ${opts.source}`]);
-    await tx.exec(`CREATE TEMP TABLE qguard_spamlist_stage (network cidr NOT NULL) ON COMMIT DROP`);
-    opts.onPhase?.('loading the staging table');
-    if (db.pgClient) await loadServer(db, networks);
-    else await loadEmbedded(tx, networks);
-    await tx.exec(`ANALYZE ${STAGE}`);
+    // One hash join over a million rows: give it memory enough for one batch; compiling it
+    // (JIT) costs more than it saves here.
+    await tx.exec("SET LOCAL work_mem = '64MB'; SET LOCAL jit = off");
 
     // Entries equal to or inside a relay/trust network would be more specific than it and so
     // override it; partners and logged-in users win over public lists. An entry that merely
-    // contains one stays: the decision rule keeps the relay/trust part allowed.
+    // contains one stays: the decision rule keeps the relay/trust part allowed. The relay/trust
+    // rules are few: one query fetches them all, the sorted entries show what lies inside each.
     opts.onPhase?.('dropping entries inside relay/trust networks');
-    const skip = await tx.query<{ n: number; examples: string[] | null }>(
-      `WITH gone AS (
-         DELETE FROM ${STAGE} s
-          USING (SELECT network, action, source FROM qguard.live_rules WHERE action IN ('relay', 'trust')) a
-          WHERE s.network <<= a.network
-         RETURNING s.network, a.network AS inside, a.action, a.source)
-       SELECT (SELECT count(*) FROM gone)::int AS n,
-              (SELECT array_agg(x) FROM (SELECT network::text || ' inside ' || inside::text || ' (' || action || ', ' || source || ')' AS x
-                                           FROM gone ORDER BY network LIMIT 5) e) AS examples`,
+    const allows = await tx.query<{ cidr: string; action: string; source: string }>(
+      `SELECT network::text AS cidr, action, source FROM qguard.live_rules
+        WHERE action IN ('relay', 'trust') ORDER BY network`,
     );
+    const outer = new Map<Net, { action: string; source: string }>();
+    for (const a of allows.rows) outer.set(mustParseNet(a.cidr), a);
+    const list = plan([...outer.keys()]);
+    const dropped = list.dropped;
+
+    await tx.exec(`CREATE TEMP TABLE qguard_spamlist_stage (network cidr NOT NULL) ON COMMIT DROP`);
+    opts.onPhase?.('loading the staging table');
+    if (db.pgClient) await loadServer(db, list.texts());
+    else await loadEmbedded(tx, list.texts());
+    await tx.exec(`ANALYZE ${STAGE}`);
+
     const ttl = opts.ttlSeconds;
     opts.onPhase?.('comparing');
-    const diffRow = await tx.query<{ staged: number; existing: number; matched: number; unchanged: number }>(
-      `SELECT (SELECT count(*) FROM ${STAGE})::int AS staged,
-              (SELECT count(*) FROM qguard.live_rules WHERE source = $1)::int AS existing,
+    const diffRow = await tx.query<{ existing: number; matched: number; unchanged: number }>(
+      `SELECT (SELECT count(*) FROM qguard.live_rules WHERE source = $1)::int AS existing,
               count(*)::int AS matched,
               count(*) FILTER (WHERE ${SAME} AND r.expires_at IS NULL AND $3::double precision IS NULL)::int AS unchanged
          FROM ${STAGE} s JOIN qguard.live_rules r ON r.network = s.network AND r.source = $1 AND r.host IS NULL`,
@@ -132,13 +151,16 @@ export async function mergeSpamlist(db: Db, networks: Iterable<string>, opts: Sp
     );
     const d = diffRow.rows[0];
     const diff: SpamlistDiff = {
-      staged: d.staged,
-      skipped: skip.rows[0].n,
-      skippedExamples: skip.rows[0].examples ?? [],
+      staged: list.networks,
+      skipped: dropped.length,
+      skippedExamples: dropped.slice(0, 5).map(({ net, inside }) => {
+        const o = outer.get(inside)!;
+        return `${formatNetShort(net)} inside ${formatNetShort(inside)} (${o.action}, ${o.source})`;
+      }),
       existing: d.existing,
       unchanged: d.unchanged,
       refreshed: d.matched - d.unchanged,
-      added: d.staged - d.matched,
+      added: list.networks - d.matched,
       removed: opts.replace ? d.existing - d.matched : 0,
     };
     opts.check(diff);

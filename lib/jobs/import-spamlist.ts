@@ -13,9 +13,10 @@ import { PermanentError, TemporaryError, UsageError, errorText } from '../errors
 import { parseDuration } from '../duration.js';
 import { type Net, netFirst, netLast } from '../net/address.js';
 import { ruleRefusal, sourceRefusal } from '../policy/guards.js';
-import { MAX_LINE, isMarkupLine, parseLine } from '../spamlist/parse-line.js';
+import { MAX_LINE, isMarkupLine, parseLine, quickDottedQuad } from '../spamlist/parse-line.js';
 import { EntrySet } from '../spamlist/entry-set.js';
 import { type SpamlistDiff, mergeSpamlist } from '../db/spamlist.js';
+import type { Db } from '../db/connect.js';
 import { safeForTerminal } from '../text.js';
 
 /** Flags of import-spamlist, as commander hands them over. */
@@ -113,23 +114,25 @@ class Reporter {
   }
 }
 
-/** Protected space, prepared for a cheap overlap test on the hot path. */
-function guardFor(ctx: RunContext) {
+/** The guards, prepared for a cheap test of a plain IPv4 network on the hot path. */
+function guardsFor(ctx: RunContext) {
   const settings = { protectedNets: ctx.protectedNets(), minPrefix: ctx.config.minPrefix };
   const v4 = settings.protectedNets
     .filter((p) => p.family === 4)
     .map((p) => [Number(netFirst(p)), Number(netLast(p))] as const);
   const min4 = settings.minPrefix[4];
-  /** Why `net` may not be stored, or null. Exactly ruleRefusal(net, 'deny', ...). */
-  return (net: Net): string | null => {
-    if (net.family === 4 && net.prefix >= min4) {
-      const first = Number(net.addr);
-      const last = first + 2 ** (32 - net.prefix) - 1;
-      let touches = false;
-      for (const [pf, pl] of v4) if (first <= pl && pf <= last) touches = true;
-      if (!touches) return null;
-    }
-    return ruleRefusal(net, 'deny', settings);
+  return {
+    /** True when an IPv4 network (as numbers) passes every guard without a doubt. */
+    clearV4(addr: number, prefix: number): boolean {
+      if (prefix < min4) return false;
+      const last = addr + 2 ** (32 - prefix) - 1;
+      for (const [pf, pl] of v4) if (addr <= pl && pf <= last) return false;
+      return true;
+    },
+    /** Why `net` may not be stored, or null: ruleRefusal(net, 'deny', ...). */
+    refusal(net: Net): string | null {
+      return ruleRefusal(net, 'deny', settings);
+    },
   };
 }
 
@@ -204,9 +207,17 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
     throw new UsageError('no input: pipe a list into import-spamlist or name the files');
   }
 
+  // A database server is connected to while the list streams in (an embedded one is opened
+  // after: starting it costs the CPU the parsing needs). A refused input never waits for it.
+  let dbEarly: Promise<Db> | null = null;
+  if (ctx.config.databaseUrl || ctx.config.usePgEnv) {
+    dbEarly = ctx.db();
+    dbEarly.catch(() => {});
+  }
+
   // --- The streaming pass: parse, guard, collect.
   const reporter = new Reporter(ctx, Boolean(process.stderr.isTTY));
-  const guard = guardFor(ctx);
+  const guards = guardsFor(ctx);
   const set = new EntrySet();
   const stats: ReadStats = { read: 0, valid: 0, invalid: 0, comments: 0, refused: 0 };
   for (const file of inputs) {
@@ -223,6 +234,14 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
     try {
       await eachLine(stream, (line, n) => {
         stats.read++;
+        // The hot path: a bare dotted quad or IPv4 CIDR that no guard is near.
+        const quick = quickDottedQuad(line.charCodeAt(line.length - 1) === 13 ? line.slice(0, -1) : line);
+        if (quick && guards.clearV4(quick.addr, quick.prefix)) {
+          entryLines++;
+          stats.valid++;
+          set.addV4(quick.addr, quick.prefix);
+          return;
+        }
         if (n <= MARKUP_LINES && isMarkupLine(line)) {
           throw new PermanentError(
             `${label}:${n}: looks like an HTML page, not a list (a failed download?): refused, nothing changed`,
@@ -239,7 +258,7 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
           entryLines++;
           stats.valid++;
           for (const net of r.nets) {
-            const refusal = guard(net);
+            const refusal = net.family === 4 && guards.clearV4(Number(net.addr), net.prefix) ? null : guards.refusal(net);
             if (refusal === null) set.add(net);
             else {
               stats.refused++;
@@ -272,13 +291,18 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
     throw new PermanentError(`no valid entries to import (${stats.refused} refused): refused, nothing changed`);
   }
 
-  // --- Plan: deduplicate and aggregate.
-  reporter.phase(`aggregating ${set.size} networks`);
-  const agg = set.aggregate(ctx.config.minPrefix);
-
-  // --- Diff and apply, in one transaction.
-  const db = await ctx.db();
-  const diff: SpamlistDiff = await mergeSpamlist(db, agg.texts(), {
+  // --- Plan (once the relay/trust networks are known): drop what lies inside them,
+  // deduplicate and aggregate. Then diff and apply, in one transaction.
+  const db = await (dbEarly ?? ctx.db());
+  let counts = { duplicate: 0, aggregated: 0 };
+  const plan = (relayTrust: readonly Net[]) => {
+    reporter.phase(`aggregating ${set.size} networks`);
+    const dropped = set.dropInside(relayTrust);
+    const agg = set.aggregate(ctx.config.minPrefix);
+    counts = { duplicate: agg.duplicate, aggregated: agg.aggregated };
+    return { dropped, networks: agg.networks, texts: agg.texts };
+  };
+  const diff: SpamlistDiff = await mergeSpamlist(db, plan, {
     source,
     reason: `listed by ${name}`,
     ttlSeconds,
@@ -306,12 +330,13 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
     );
   }
 
+  const { duplicate, aggregated } = counts;
   const summary: ImportSummary = {
     read: stats.read,
     valid: stats.valid,
     invalid: stats.invalid,
-    duplicate: agg.duplicate,
-    aggregated: agg.aggregated,
+    duplicate,
+    aggregated,
     added: diff.added,
     removed: diff.removed,
     unchanged: diff.unchanged,
@@ -328,8 +353,8 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
   const line =
     `${source}: ${opts.dryRun ? 'would add' : 'added'} ${diff.added}, ${opts.dryRun ? 'rewrite' : 'rewrote'} ${diff.refreshed}, ` +
     `${opts.dryRun ? 'remove' : 'removed'} ${diff.removed}, unchanged ${diff.unchanged} ` +
-    `(${stats.read} lines: ${stats.valid} valid, ${stats.invalid} invalid, ${agg.duplicate} duplicate, ` +
-    `${agg.aggregated} aggregated, ${stats.refused} refused, ${diff.skipped} skipped)`;
+    `(${stats.read} lines: ${stats.valid} valid, ${stats.invalid} invalid, ${duplicate} duplicate, ` +
+    `${aggregated} aggregated, ${stats.refused} refused, ${diff.skipped} skipped)`;
   if (opts.json) ctx.printJson(summary);
   else if (opts.dryRun) ctx.print(`dry run: ${line}\n`);
   else ctx.log.info(line);

@@ -4,7 +4,7 @@
 // CIDR broader than QGUARD_MIN_PREFIX, so merging neighbours cannot make a refused entry.
 // Pure: no I/O.
 
-import { type Net, FAMILY_BITS, formatNet } from '../net/address.js';
+import { type Net, FAMILY_BITS, formatNet, netContains } from '../net/address.js';
 import { type Range, mergeRanges } from '../net/cidr-set.js';
 
 /** The outcome of aggregation: counts and the networks to store. */
@@ -21,6 +21,23 @@ export interface AggregateResult {
   texts(): Generator<string>;
 }
 
+/** Number of trailing zero bits of v (v > 0n), at most `bits`. */
+function trailingZeros(v: bigint, bits: number): number {
+  if (v === 0n) return bits;
+  let n = 0;
+  while ((v & 0xffffffffn) === 0n) {
+    v >>= 32n;
+    n += 32;
+  }
+  const low = Number(v & 0xffffffffn);
+  return n + 31 - Math.clz32(low & -low);
+}
+
+/** Floor of log2 of v (v > 0n). */
+function log2(v: bigint): number {
+  return v.toString(2).length - 1;
+}
+
 /**
  * The fewest CIDRs covering exactly [first, last], none broader than /minPrefix.
  * (rangeToCidrs of lib/net/cidr-set.ts with a floor on the prefix.)
@@ -31,12 +48,8 @@ export function rangeToCidrsCapped(range: Range, minPrefix: number): Net[] {
   const out: Net[] = [];
   let start = range.first;
   while (start <= range.last) {
-    let size = 0;
-    while (size < maxSize) {
-      const next = 1n << BigInt(size + 1);
-      if (start % next !== 0n || start + next - 1n > range.last) break;
-      size++;
-    }
+    // The largest block aligned at `start` that does not pass `last` nor the floor.
+    const size = Math.min(trailingZeros(start, bits), log2(range.last - start + 1n), maxSize);
     out.push({ family: range.family, addr: start, prefix: bits - size });
     start += 1n << BigInt(size);
   }
@@ -71,6 +84,7 @@ export class EntrySet {
   /** IPv4 entries as addr * 64 + prefix: one number sorts by address, then broadest first. */
   private v4 = new Float64Array(1 << 16);
   private n4 = 0;
+  private sorted = false;
   private v6: Net[] = [];
 
   /** Entries added so far (duplicates included). */
@@ -85,6 +99,7 @@ export class EntrySet {
 
   /** Add an IPv4 network given as numbers (address with host bits clear, prefix 0-32). */
   addV4(addr: number, prefix: number): void {
+    this.sorted = false;
     if (this.n4 === this.v4.length) {
       const bigger = new Float64Array(this.v4.length * 2);
       bigger.set(this.v4);
@@ -93,10 +108,87 @@ export class EntrySet {
     this.v4[this.n4++] = addr * 64 + prefix;
   }
 
+  /** Sort the IPv4 entries (once): by address, then broadest first; repeats adjacent. */
+  private sortV4(): Float64Array {
+    const keys = this.v4.subarray(0, this.n4);
+    if (!this.sorted) {
+      keys.sort();
+      this.sorted = true;
+    }
+    return keys;
+  }
+
+  /**
+   * Drop the entries equal to or inside one of `outer` (the relay/trust networks): being more
+   * specific they would override it. An entry that merely contains one stays. Call after the
+   * last add(), before aggregate(). Returns the distinct entries dropped, each with the outer
+   * network it lies in.
+   */
+  dropInside(outer: readonly Net[]): { net: Net; inside: Net }[] {
+    const dropped: { net: Net; inside: Net }[] = [];
+    const keys = this.sortV4();
+    // For each entry, 1 + the index of the outer network it lies in; 0 = keep.
+    let mark: Int32Array | null = null;
+    outer.forEach((o, oi) => {
+      if (o.family !== 4) return;
+      const of = Number(o.addr);
+      const ol = of + 2 ** (32 - o.prefix) - 1;
+      // Entries inside `o` start in [of, ol]: find the first that starts at `of` or later.
+      let lo = 0;
+      let hi = keys.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        const k = keys[mid];
+        if ((k - (k % 64)) / 64 < of) lo = mid + 1;
+        else hi = mid;
+      }
+      for (let i = lo; i < keys.length; i++) {
+        const k = keys[i];
+        const prefix = k % 64;
+        const first = (k - prefix) / 64;
+        if (first > ol) break;
+        if (first + 2 ** (32 - prefix) - 1 <= ol) {
+          mark ??= new Int32Array(keys.length);
+          if (mark[i] === 0) mark[i] = oi + 1;
+        }
+      }
+    });
+    if (mark) {
+      // Keep the unmarked entries, in order; report each dropped network once.
+      const m: Int32Array = mark;
+      let w = 0;
+      let last = NaN;
+      for (let i = 0; i < keys.length; i++) {
+        const k = keys[i];
+        if (m[i] === 0) {
+          keys[w++] = k;
+        } else if (k !== last) {
+          last = k;
+          const prefix = k % 64;
+          dropped.push({ net: { family: 4, addr: BigInt((k - prefix) / 64), prefix }, inside: outer[m[i] - 1] });
+        }
+      }
+      this.n4 = w;
+    }
+    const v6outer = outer.filter((o) => o.family === 6);
+    if (v6outer.length > 0) {
+      const seen = new Set<string>();
+      this.v6 = this.v6.filter((n) => {
+        const o = v6outer.find((x) => netContains(x, n));
+        if (!o) return true;
+        const key = `${n.addr}/${n.prefix}`;
+        if (!seen.has(key)) dropped.push({ net: n, inside: o });
+        seen.add(key);
+        return false;
+      });
+    }
+    return dropped;
+  }
+
   /** Deduplicate and aggregate; no CIDR broader than `minPrefix` per family. */
   aggregate(minPrefix: { 4: number; 6: number }): AggregateResult {
     // IPv4: sort the packed numbers (native numeric sort), count repeats, merge touching spans.
-    const keys = this.v4.subarray(0, this.n4).sort();
+    const keys = this.sortV4();
     let unique = 0;
     let duplicate = 0;
     const out4 = new Float64Array(Math.max(1, this.n4));
