@@ -251,6 +251,40 @@ describe('EntrySet: deduplicate and aggregate', () => {
   });
 });
 
+describe('EntrySet.dropInside: entries equal to or inside relay/trust networks', () => {
+  const n = (t: string) => (parseNet(t) as { net: Net }).net;
+
+  it('drops equal and inner entries once each, keeps those that contain one', () => {
+    const set = new EntrySet();
+    for (const t of ['198.51.100.0/24', '198.51.100.9', '198.51.100.9', '198.51.0.0/16', '100.81.0.7', '100.81.0.0/24', '2001:db8:1::5', '2001:db8::/32']) {
+      set.add(n(t));
+    }
+    const outer = [n('198.51.100.0/24'), n('100.81.0.7'), n('198.51.100.0/25'), n('2001:db8:1::/48')];
+    const dropped = set.dropInside(outer).map((d) => `${formatNet(d.net)} in ${formatNet(d.inside)}`);
+    expect(dropped.sort()).toEqual(
+      ['100.81.0.7/32 in 100.81.0.7/32', '198.51.100.0/24 in 198.51.100.0/24', '198.51.100.9/32 in 198.51.100.0/24', '2001:db8:1::5/128 in 2001:db8:1::/48'].sort(),
+    );
+    const r = set.aggregate({ 4: 8, 6: 32 });
+    expect([...r.texts()]).toEqual(['100.81.0.0/24', '198.51.0.0/16', '2001:db8::/32']);
+    expect(r.duplicate).toBe(0); // the repeated 198.51.100.9 went with the drop
+  });
+
+  it('equals a brute-force model on random entries and outer networks', () => {
+    fc.assert(
+      fc.property(fc.array(arbClusteredV4, { maxLength: 50 }), fc.array(arbClusteredV4, { maxLength: 6 }), (entries, outer) => {
+        const set = new EntrySet();
+        for (const e of entries) set.add(e);
+        const dropped = set.dropInside(outer).map((d) => formatNet(d.net));
+        const model = [...new Set(entries.filter((e) => outer.some((o) => netContains(o, e))).map(formatNet))];
+        expect(dropped.sort()).toEqual(model.sort());
+        const kept = entries.filter((e) => !outer.some((o) => netContains(o, e)));
+        expect([...set.aggregate({ 4: 0, 6: 0 }).texts()]).toEqual(aggregateNets(kept).map(formatNet));
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
+
 // ---------------------------------------------------------------------------------------
 // Fuzz
 
