@@ -16,7 +16,7 @@ import { ROOT, runCli } from '../helpers/cli.js';
 import { type TestDb, createTestDb } from '../helpers/db.js';
 import { haveRoot, haveTools } from '../helpers/tools.js';
 
-const RUN = haveRoot() && haveTools('ip', 'nft', 'ipset', 'iptables', 'ip6tables', 'iptables-restore', 'iptables-save');
+const RUN = haveRoot() && haveTools('ip', 'nft', 'ipset', 'iptables', 'ip6tables', 'iptables-restore', 'iptables-save', 'tcprules', 'tcprulescheck');
 
 /** Run a command inside a namespace (or on the host with ns null). Never throws. */
 async function sh(ns: string | null, cmd: string[], opts: { env?: Record<string, string>; input?: string; timeoutMs?: number } = {}) {
@@ -79,24 +79,6 @@ Promise.all(probes.map(([src, dst, port]) => new Promise((resolve) => {
   s.once('timeout', () => done('timeout'));
   s.on('error', (e) => done(e.code || 'error'));
 }))).then(() => console.log(JSON.stringify(out)));`;
-
-/**
- * Stand-in for sync-rules while it is being written: its firewall step, as it will run it
- * (job lock, live rules of this host, protected addresses of the namespace, applyFirewall).
- */
-const FW_SYNC = `
-import { newProgram, runMain, withContext } from '${ROOT}/dist/lib/cli/run-main.js';
-import { listRules } from '${ROOT}/dist/lib/db/rules.js';
-import { applyFirewall } from '${ROOT}/dist/lib/jobs/firewall.js';
-const program = newProgram('sync-rules', 'firewall step').option('--json').option('--dry-run').action(
-  withContext('sync-rules', async (ctx, opts) => {
-    await ctx.jobLock('sync-rules');
-    const rules = await listRules(await ctx.db(), { host: ctx.config.host });
-    const firewall = await applyFirewall(ctx, { rules, protectedNets: ctx.protectedNets() }, { dryRun: Boolean(opts.dryRun) });
-    if (opts.json) ctx.printJson({ firewall });
-  }),
-);
-await runMain(program, [process.argv[0], 'sync-rules', ...process.argv.slice(1)]);`;
 
 /** Two namespaces joined by a veth pair, listeners in the server one. */
 class Lab {
@@ -201,9 +183,9 @@ describe.skipIf(!RUN).each(['nft', 'ipset'] as const)('firewall backend %s in ne
   let tmp: string;
   let hostEnv: Record<string, string>;
 
-  /** sync-rules inside the server namespace (the firewall step of it). */
+  /** The real sync-rules, inside the server namespace, as cron runs it. */
   const sync = (extra: Record<string, string> = {}, args: string[] = []) =>
-    sh(lab.srv, [process.execPath, '--input-type=module', '-e', FW_SYNC, '--', ...args], { env: { ...env, ...extra } });
+    sh(lab.srv, [process.execPath, path.join(ROOT, 'dist/bin/sync-rules.js'), ...args], { env: { ...env, ...extra } });
   const qguard = (args: string[], extra: Record<string, string> = {}) =>
     sh(lab.srv, [process.execPath, path.join(ROOT, 'dist/bin/qguard.js'), ...args], { env: { ...env, ...extra } });
   const admin = (args: string[]) => runCli('qguard', args, { env: hostEnv });
@@ -274,8 +256,9 @@ describe.skipIf(!RUN).each(['nft', 'ipset'] as const)('firewall backend %s in ne
     const r = await sync({}, ['--json']);
     expect(r.code).toBe(0);
     expect(r.stderr).toBe('');
-    const summary = JSON.parse(r.stdout) as { firewall: { backend: string; changed: boolean; v4: number; v6: number } };
-    expect(summary.firewall).toMatchObject({ backend, changed: false });
+    const summary = JSON.parse(r.stdout) as { changed: boolean; firewall: { backend: string; v4: number; v6: number } };
+    expect(summary.changed).toBe(false);
+    expect(summary.firewall).toMatchObject({ backend, v4: 10, v6: 80 });
     expect(await kernelIdentity()).toBe(before);
   });
 
@@ -358,6 +341,9 @@ describe.skipIf(!RUN).each(['nft', 'ipset'] as const)('firewall backend %s in ne
     expect(r.stderr).toMatch(new RegExp(`fatal: ${name} .*failed \\(exit 1\\): .*Operation not supported \\(fake\\)`));
     expect(r.stderr.split('\n').filter(Boolean)).toHaveLength(1);
     expectReach(await lab.reach(), ['unknown', 'inDenied24']);
+    // The tcp.smtp part of the run still happened: the cdb denies the new address.
+    const check = await sh(null, ['tcprulescheck', env.QGUARD_RULES_CDB], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TCPREMOTEIP: CLIENTS.relay } });
+    expect(check.stdout).toContain('deny connection');
     // The real program works again: the next run catches up.
     const ok = await sync();
     expect(ok.code).toBe(0);
