@@ -2,10 +2,14 @@
 // (server, and the embedded one), exit codes, stderr, the --json summary, and "nothing changed"
 // for every refused run.
 
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { type TestDb, createTestDb } from '../helpers/db.js';
 import { runCli } from '../helpers/cli.js';
+import { haveTools } from '../helpers/tools.js';
 
 interface RuleJson {
   cidr: string;
@@ -439,5 +443,94 @@ describe('import-spamlist on the embedded database', () => {
     const stored = await cidrs('list:emb');
     expect(stored).toHaveLength(5001);
     expect(stored).toContain('100.99.0.0/24');
+  });
+});
+
+describe.skipIf(!haveTools('tcprules', 'tcprulescheck'))('import-spamlist, then sync-rules', () => {
+  let t: TestDb;
+  const { imp, qguard } = bound(() => t);
+
+  beforeAll(async () => {
+    t = await createTestDb();
+  });
+  afterAll(async () => {
+    await t?.drop();
+  });
+
+  it('denies exactly the listed space minus relay, trust and protected addresses', async () => {
+    // 100.101.0.0/21, addresses numbered from its start: 100.101.X.Y is X * 256 + Y.
+    const ip = (i: number) => `100.101.${i >> 8}.${i & 255}`;
+    const span = (a: string, b = a): [number, number] => {
+      const num = (x: string) => {
+        const [, , c, d] = x.split('.').map(Number);
+        return c * 256 + d;
+      };
+      return [num(a), num(b)];
+    };
+    const protect = '100.101.2.64/27';
+    const env = { QGUARD_PROTECT: protect };
+    for (const args of [
+      ['ip', 'allow', '100.101.0.128/25'],
+      ['ip', 'trust', '100.101.1.5'],
+      ['ip', 'allow', '100.101.3.0/24'],
+    ]) {
+      expect((await qguard(args)).code).toBe(0);
+    }
+    const list: [string, [number, number]][] = [
+      ['100.101.0.0/24 ; contains the relay /25', span('100.101.0.0', '100.101.0.255')],
+      ['100.101.1.0/26', span('100.101.1.0', '100.101.1.63')],
+      ['100.101.2.0/26', span('100.101.2.0', '100.101.2.63')],
+      ['100.101.2.70 # inside the protected /27', span('100.101.2.70')],
+      ['100.101.2.64/28', span('100.101.2.64', '100.101.2.79')],
+      ['100.101.3.7', span('100.101.3.7')],
+      ['100.101.3.0/24', span('100.101.3.0', '100.101.3.255')],
+      ['100.101.4.10-100.101.4.20', span('100.101.4.10', '100.101.4.20')],
+      ['100.101.5.:deny', span('100.101.5.0', '100.101.5.255')],
+      ['{"cidr":"100.101.6.128/25"}', span('100.101.6.128', '100.101.6.255')],
+    ];
+    const r = await imp(['--source', 'sync', '--json'], list.map(([l]) => l).join('\n'), env);
+    expect(r.code, r.stderr).toBe(0);
+    expect(json(r.stdout)).toMatchObject({ valid: 10, refused: 2, skipped: 2 });
+
+    const dir = fs.mkdtempSync(path.join(t.stateDir, 'sync-'));
+    fs.mkdirSync(path.join(dir, 'control'));
+    const cdb = path.join(dir, 'tcp.smtp.cdb');
+    const sync = await runCli('sync-rules', [], {
+      env: {
+        ...t.env,
+        ...env,
+        QGUARD_RULES: path.join(dir, 'tcp.smtp'),
+        QGUARD_RULES_CDB: cdb,
+        QGUARD_RULES_STATIC: path.join(dir, 'tcp.smtp.static'),
+        QGUARD_CONTROL: path.join(dir, 'control'),
+        QGUARD_QMAIL_NEWMRH: path.join(dir, 'no-qmail-newmrh'),
+      },
+    });
+    expect(sync, sync.stderr).toMatchObject({ code: 0, stderr: '' });
+
+    // The model: listed space minus relay, trust and protected addresses.
+    const allowed = [span('100.101.0.128', '100.101.0.255'), span('100.101.1.5'), span('100.101.3.0', '100.101.3.255'), span('100.101.2.64', '100.101.2.95')];
+    const inAny = (i: number, spans: [number, number][]) => spans.some(([a, b]) => i >= a && i <= b);
+    const listed = list.map(([, s]) => s);
+    // Every address of 100.101.0.0/21 and its neighbours, through the real tcprulescheck.
+    const probes = Array.from({ length: 2048 + 4 }, (_, k) => k - 2);
+    const out = execFileSync(
+      'sh',
+      [
+        '-c',
+        'for ip in "$@"; do r=$(TCPREMOTEIP=$ip tcprulescheck "$CDB"); case $r in *"deny connection"*) echo D;; *) echo A;; esac; done',
+        'sh',
+        ...probes.map((i) => (i < 0 ? `100.100.255.${256 + i}` : i >= 2048 ? `100.101.8.${i - 2048}` : ip(i))),
+      ],
+      { env: { PATH: process.env.PATH, CDB: cdb }, encoding: 'utf8', maxBuffer: 1 << 20 },
+    )
+      .trim()
+      .split('\n');
+    const wrong: string[] = [];
+    probes.forEach((i, k) => {
+      const want = i >= 0 && i < 2048 && inAny(i, listed) && !inAny(i, allowed) ? 'D' : 'A';
+      if (out[k] !== want) wrong.push(`${i < 0 || i >= 2048 ? `probe ${i}` : ip(i)}: ${out[k]} (want ${want})`);
+    });
+    expect(wrong).toEqual([]);
   });
 });
