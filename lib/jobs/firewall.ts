@@ -295,9 +295,10 @@ export async function applyFirewall(
   if (same && seen.check?.intact) return { backend, changed: false, ...counts, repaired: false };
 
   const repaired = same;
-  if (repaired) {
-    const why = seen.check?.problem ?? seen.error ?? 'not in place';
-    if (!opts.dryRun) ctx.log.warn(`firewall: ${why}: restoring the ${backend} set of ${counts.v4 + counts.v6} elements`);
+  // Lost behind our back (reboot, flush, a firewall reload): worth one line in cron's mail.
+  // When the kernel could not even be read, the apply below fails with the program's words.
+  if (repaired && seen.check && !opts.dryRun) {
+    ctx.log.warn(`firewall: ${seen.check.problem ?? 'not in place'}: restoring the ${backend} set of ${counts.v4 + counts.v6} elements`);
   }
   if (opts.dryRun) return { backend, changed: true, ...counts, repaired };
 
