@@ -410,7 +410,7 @@ describe('import-spamlist (PostgreSQL server or the fallback)', () => {
         const text = input.toString('utf8');
         const lines = text === '' ? 0 : text.split('\n').length - (text.endsWith('\n') ? 1 : 0);
         expect(s.read).toBe(lines);
-        expect(s.valid + (s.invalid as number) + (s.comments as number)).toBe(lines);
+        expect((s.valid as number) + (s.invalid as number) + (s.comments as number)).toBe(lines);
       }
     }
   });
