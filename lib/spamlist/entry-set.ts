@@ -19,6 +19,8 @@ export interface AggregateResult {
   networks: number;
   /** The networks as CIDR text (`1.2.3.0/24`, `1.2.3.4/32`), IPv4 first, in address order. */
   texts(): Generator<string>;
+  /** The same, one per line (`\n`), as UTF-8 chunks of about 64 kB: COPY's text format. */
+  chunks(): Generator<Buffer>;
 }
 
 /** Number of trailing zero bits of v (v > 0n), at most `bits`. */
@@ -198,6 +200,12 @@ export class EntrySet {
     };
     let curFirst = -1;
     let curLast = -2;
+    // The span's first entry while it is the only one: then it is its own CIDR (most are).
+    let curKey = -1;
+    const flush = () => {
+      if (curKey >= 0 && curKey % 64 >= minPrefix[4]) out4[m4++] = curKey;
+      else if (curFirst >= 0) v4RangeToCidrs(curFirst, curLast, minPrefix[4], emit);
+    };
     let prev = -1;
     for (let i = 0; i < keys.length; i++) {
       const k = keys[i];
@@ -212,13 +220,15 @@ export class EntrySet {
       const last = first + 2 ** (32 - prefix) - 1;
       if (first <= curLast + 1) {
         if (last > curLast) curLast = last;
+        curKey = -1;
       } else {
-        if (curFirst >= 0) v4RangeToCidrs(curFirst, curLast, minPrefix[4], emit);
+        flush();
         curFirst = first;
         curLast = last;
+        curKey = k;
       }
     }
-    if (curFirst >= 0) v4RangeToCidrs(curFirst, curLast, minPrefix[4], emit);
+    flush();
     // The input array is no longer needed: let it go before the database work.
     this.v4 = new Float64Array(0);
     this.n4 = 0;
@@ -253,6 +263,39 @@ export class EntrySet {
           yield v4Text((k - prefix) / 64, prefix);
         }
         for (const net of out6) yield formatNet(net);
+      },
+      *chunks() {
+        // Digits written straight into a buffer: no string per network on the hot path.
+        const size = 1 << 16;
+        let buf = Buffer.allocUnsafe(size);
+        let pos = 0;
+        const dec = (v: number) => {
+          if (v >= 100) buf[pos++] = 48 + Math.floor(v / 100);
+          if (v >= 10) buf[pos++] = 48 + (Math.floor(v / 10) % 10);
+          buf[pos++] = 48 + (v % 10);
+        };
+        for (let i = 0; i < m4; i++) {
+          if (pos > size - 24) {
+            yield buf.subarray(0, pos);
+            buf = Buffer.allocUnsafe(size);
+            pos = 0;
+          }
+          const k = out4[i];
+          const prefix = k % 64;
+          const addr = (k - prefix) / 64;
+          dec(Math.floor(addr / 16777216));
+          buf[pos++] = 46;
+          dec(Math.floor(addr / 65536) % 256);
+          buf[pos++] = 46;
+          dec(Math.floor(addr / 256) % 256);
+          buf[pos++] = 46;
+          dec(addr % 256);
+          buf[pos++] = 47;
+          dec(prefix);
+          buf[pos++] = 10;
+        }
+        if (pos > 0) yield buf.subarray(0, pos);
+        if (out6.length > 0) yield Buffer.from(`${out6.map(formatNet).join('\n')}\n`);
       },
     };
   }

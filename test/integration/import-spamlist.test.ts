@@ -195,10 +195,13 @@ describe('import-spamlist (PostgreSQL server or the fallback)', () => {
     // The same network in another source, and a manual rule.
     expect((await imp(['--source', 'beta'], `${a[0]}\n100.84.0.1\n`)).code).toBe(0);
     expect((await qguard(['ip', 'deny', '100.83.1.0/30'])).code).toBe(0);
+    // A rule of the source scoped to one mail server: not what the list says, so it goes.
+    expect((await qguard(['ip', 'deny', '100.83.2.0/30', '--source', 'list:alpha', '--host', 'test-host'])).code).toBe(0);
     const next = [...a.slice(0, 8), '100.85.0.1'];
     const r = await imp(['--source', 'alpha', '--replace', '--json'], next.join('\n'));
     expect(r.code, r.stderr).toBe(0);
-    expect(json(r.stdout)).toMatchObject({ added: 1, removed: 2, unchanged: 8 });
+    expect(json(r.stdout)).toMatchObject({ added: 1, removed: 3, unchanged: 8 });
+    expect((await rules('list:alpha')).every((x) => x.host === null)).toBe(true);
     expect(await cidrs('list:alpha')).toEqual([...a.slice(0, 8), '100.85.0.1/32']);
     expect(await cidrs('list:beta')).toEqual(['100.83.0.0/30', '100.84.0.1/32']);
     expect(await cidrs('manual')).toContain('100.83.1.0/30');

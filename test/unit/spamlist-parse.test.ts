@@ -183,7 +183,10 @@ function aggregateTexts(input: Net[], min = { 4: 0, 6: 0 }) {
   const set = new EntrySet();
   for (const n of input) set.add(n);
   const r = set.aggregate(min);
-  return { ...r, list: [...r.texts()] };
+  const list = [...r.texts()];
+  // The COPY bytes say the same, line by line.
+  expect(Buffer.concat([...r.chunks()]).toString()).toBe(list.map((x) => `${x}\n`).join(''));
+  return { ...r, list };
 }
 
 describe('EntrySet: deduplicate and aggregate', () => {
@@ -196,6 +199,14 @@ describe('EntrySet: deduplicate and aggregate', () => {
     expect(r.unique).toBe(5);
     expect(r.aggregated).toBe(2); // the two /25 became one /24; 192.0.2.7 was inside it
     expect(r.networks).toBe(3);
+  });
+
+  it('COPY chunks hold every network across chunk boundaries', () => {
+    const rnd = fc.sample(fc.tuple(fc.integer({ min: 0, max: 2 ** 32 - 1 }), fc.integer({ min: 24, max: 32 })), { numRuns: 20_000, seed: 7 });
+    const input = rnd.map(([a, p]) => ({ family: 4 as const, addr: BigInt(a - (a % 2 ** (32 - p))), prefix: p }));
+    const r = aggregateTexts(input, { 4: 8, 6: 32 });
+    expect(r.list.length).toBeGreaterThan(5000); // several 64 kB chunks
+    expect(r.list).toEqual(aggregateNets(input).map(formatNet));
   });
 
   it('never merges into a network broader than the minimum prefix', () => {
