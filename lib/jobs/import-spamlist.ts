@@ -325,6 +325,7 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
     },
   });
   reporter.phase('done');
+  reporter.clearProgress();
   if (diff.skipped > 0) {
     ctx.log.warn(
       `${diff.skipped} entr${diff.skipped === 1 ? 'y' : 'ies'} skipped, equal to or inside a relay/trust network (partners win over lists): ${diff.skippedExamples.join('; ')}${diff.skipped > diff.skippedExamples.length ? '; ...' : ''}`,
