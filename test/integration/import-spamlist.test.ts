@@ -368,6 +368,20 @@ describe('import-spamlist (PostgreSQL server or the fallback)', () => {
     expect(partial.stderr).toMatch(/empty\.txt: no entries/);
   });
 
+  it('a line too long to be an entry is one invalid line; the next lines keep their numbers', async () => {
+    const long = `100.94.1.1${'x'.repeat(200_000)}`;
+    const r = await imp(['--source', 'long', '--json', '--max-invalid', '50'], `${long}\n100.94.1.2\nbad\n100.94.1.4\n`);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toBe(
+      'import-spamlist: warning: stdin:1: line longer than 4096 characters\nimport-spamlist: warning: stdin:3: not an IP address: "bad"\n',
+    );
+    expect(json(r.stdout)).toMatchObject({ read: 4, valid: 2, invalid: 2 });
+    expect(await cidrs('list:long')).toEqual(['100.94.1.2/32', '100.94.1.4/32']);
+    const dir = await imp(['--source', 'long', t.stateDir], '');
+    expect(dir.code).toBe(100);
+    expect(dir.stderr).toMatch(/^import-spamlist: fatal: unable to read .*: EISDIR/);
+  });
+
   it('usage errors exit 2 and change nothing', async () => {
     const before = await footprint();
     const cases: [string[], RegExp][] = [
