@@ -50,6 +50,16 @@ export class LockBusy extends QguardError {
   }
 }
 
+/**
+ * End the run with this exit code and no fatal line: the answer has already been printed
+ * (`qguard status` exits 1 for WARNING and 2 for CRITICAL, as monitoring plugins do).
+ */
+export class SilentExit extends QguardError {
+  constructor(exitCode: number) {
+    super('', exitCode);
+  }
+}
+
 /** The text of any thrown value, for messages. */
 export function errorText(err: unknown): string {
   if (err instanceof Error) return err.message;

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
 import { CONFIG_KEYS, type Config, protectedNets } from '../config.js';
-import { EXIT, LockBusy, QguardError, errorText } from '../errors.js';
+import { EXIT, LockBusy, QguardError, SilentExit, errorText } from '../errors.js';
 import { type Logger, createLogger } from '../log.js';
 import type { Net } from '../net/address.js';
 import { type Db, currentActor, openDb } from '../db/connect.js';
@@ -242,6 +242,8 @@ export async function runMain(program: Command, argv: string[] = process.argv): 
   } catch (err) {
     if (err instanceof CommanderError) {
       code = err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    } else if (err instanceof SilentExit) {
+      code = err.exitCode;
     } else if (err instanceof LockBusy) {
       code = EXIT.ok;
       verbose = Boolean(program.opts().verbose);
