@@ -104,24 +104,28 @@ export function installFile(tmp: string, file: string, opts: ReplaceOptions = {}
   fsyncDir(path.dirname(file));
 }
 
+/** Write and fsync a new temp file (see tempName); install it with installFile. */
+export function writeTempFile(tmp: string, data: string | Buffer): void {
+  let fd: number | null = null;
+  try {
+    fd = fs.openSync(tmp, 'wx', 0o600);
+    fs.writeFileSync(fd, data);
+    fs.fsyncSync(fd);
+  } catch (err) {
+    fail('write', tmp, err);
+  } finally {
+    if (fd !== null) fs.closeSync(fd);
+  }
+}
+
 /** Write `data` to `file` atomically (see the top of this file). Returns the new file's stat. */
 export function writeFileAtomic(file: string, data: string | Buffer, opts: ReplaceOptions = {}): fs.Stats {
   const tmp = tempName(file);
-  let fd: number | null = null;
   try {
-    try {
-      fd = fs.openSync(tmp, 'wx', 0o600);
-      fs.writeFileSync(fd, data);
-      fs.fsyncSync(fd);
-      fs.closeSync(fd);
-      fd = null;
-    } catch (err) {
-      fail('write', tmp, err);
-    }
+    writeTempFile(tmp, data);
     installFile(tmp, file, opts);
     return fs.statSync(file);
   } finally {
-    if (fd !== null) fs.closeSync(fd);
     try {
       fs.unlinkSync(tmp);
     } catch {

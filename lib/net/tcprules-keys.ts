@@ -123,9 +123,14 @@ function blockSize(gran: number): number {
 /** Growable parallel typed arrays of segments, merging neighbours of the same class. */
 class SegmentBuilder {
   length = 0;
-  start = new Float64Array(1024);
-  end = new Float64Array(1024);
-  cls = new Int32Array(1024);
+  start: Float64Array;
+  end: Float64Array;
+  cls: Int32Array;
+  constructor(capacity = 1024) {
+    this.start = new Float64Array(capacity);
+    this.end = new Float64Array(capacity);
+    this.cls = new Int32Array(capacity);
+  }
   push(first: number, last: number, cls: number): void {
     if (first > last) return;
     const n = this.length;
@@ -156,10 +161,16 @@ class SegmentBuilder {
 /** Growable key lines. */
 class LineBuilder {
   length = 0;
-  first = new Float64Array(1024);
-  gran = new Uint8Array(1024);
-  count = new Uint16Array(1024);
-  cls = new Int32Array(1024);
+  first: Float64Array;
+  gran: Uint8Array;
+  count: Uint16Array;
+  cls: Int32Array;
+  constructor(capacity = 1024) {
+    this.first = new Float64Array(capacity);
+    this.gran = new Uint8Array(capacity);
+    this.count = new Uint16Array(capacity);
+    this.cls = new Int32Array(capacity);
+  }
   push(first: number, gran: number, count: number, cls: number): void {
     const n = this.length;
     if (n === this.first.length) {
@@ -196,7 +207,8 @@ interface Entries {
  * ones; for the same network the first (strongest) counts. Returns non-default segments.
  */
 function paint(e: Entries, skip: (cls: number) => boolean): SegmentBuilder {
-  const out = new SegmentBuilder();
+  // n nested networks make at most 2n + 1 segments.
+  const out = new SegmentBuilder(2 * e.n + 16);
   const stackLast: number[] = [];
   const stackCls: number[] = [];
   let cursor = 0;
@@ -285,7 +297,7 @@ export function decisionSegments(input: KeyPlanInput): Segments {
   if (prot.length > 0 && input.denyLike.size > 0) {
     // Inside protected ranges the deny-like entries do not count: the best remaining one decides.
     let noDeny: SegmentBuilder | null = null;
-    painted = new SegmentBuilder();
+    painted = new SegmentBuilder(full.length + 4 * prot.length + 16);
     let p = 0;
     for (let i = 0; i < full.length; i++) {
       const first = full.start[i];
@@ -310,7 +322,7 @@ export function decisionSegments(input: KeyPlanInput): Segments {
     }
   }
   // Fill the gaps with the default class.
-  const out = new SegmentBuilder();
+  const out = new SegmentBuilder(2 * painted.length + 16);
   let cursor = 0;
   for (let i = 0; i < painted.length; i++) {
     out.push(cursor, painted.start[i] - 1, input.defaultClass);
@@ -367,7 +379,7 @@ class StaticIndex {
 export function planKeys(input: KeyPlanInput): KeyPlan {
   const seg = decisionSegments(input);
   const statics = new StaticIndex(input.statics);
-  const lines = new LineBuilder();
+  const lines = new LineBuilder(Math.max(1024, seg.length >> 1));
   const keyCount: number[] = [];
   const conflicts: { first: number; cls: number }[] = [];
   const { start: segStart, end: segEnd, cls: segCls } = seg;
