@@ -105,8 +105,8 @@ export async function mergeSpamlist(
   return db.transaction(async (tx) => {
     // Two imports of the same list (two hosts' cron) take turns instead of colliding.
     await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`qguard import-spamlist ${opts.source}`]);
-    // One hash join over a million rows: give it memory enough for one batch; compiling it
-    // (JIT) costs more than it saves here.
+    // Sorts, joins and hashes over a million rows: give them memory; compiling the
+    // statements (JIT) costs more than it saves here.
     await tx.exec("SET LOCAL work_mem = '64MB'; SET LOCAL jit = off");
 
     // Entries equal to or inside a relay/trust network would be more specific than it and so
@@ -132,8 +132,8 @@ export async function mergeSpamlist(
     const ttl = opts.ttlSeconds;
     opts.onPhase?.('comparing');
     // One pass over both sides: the source's live rules (all of them, for `existing`) against
-    // the list; only an unscoped rule counts as a match. A merge join reads the rules in index order
-    // and beats hashing a million list rows, which the planner would pick.
+    // the list; only an unscoped rule counts as a match. A merge join reads the rules in index
+    // order and beats hashing a million list rows, which the planner would pick.
     await tx.exec('SET LOCAL enable_hashjoin = off');
     const diffRow = await tx.query<{ existing: number; matched: number; unchanged: number }>(
       `SELECT count(r.network)::int AS existing,
@@ -166,10 +166,13 @@ export async function mergeSpamlist(
     opts.onPhase?.('merging');
     if (opts.replace && diff.removed + (await expiredOf(tx, opts.source)) > 0) {
       // Everything of the source that the list no longer names (expired leftovers included).
+      // Written as an anti-join, which the planner never turns into a per-row subquery.
       await tx.query(
         `DELETE FROM qguard.rules r
-          WHERE r.source = $1
-            AND NOT (r.host IS NULL AND EXISTS (SELECT 1 FROM ${STAGE} s WHERE s.network = r.network))`,
+          USING (SELECT o.id FROM qguard.rules o
+                   LEFT JOIN ${STAGE} s ON s.network = o.network AND o.host IS NULL
+                  WHERE o.source = $1 AND s.network IS NULL) gone
+          WHERE r.id = gone.id`,
         [opts.source],
       );
     }

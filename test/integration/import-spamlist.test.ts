@@ -233,7 +233,9 @@ describe('import-spamlist (PostgreSQL server or the fallback)', () => {
   });
 
   it('zero valid entries never replace anything', async () => {
+    // (Each test stands alone: run one with -t and it still holds.)
     expect((await imp(['--source', 'keep'], '100.87.0.1\n100.87.0.2\n')).code).toBe(0);
+    expect((await qguard(['ip', 'allow', '198.51.100.0/24'])).code).toBe(0);
     const before = await footprint();
     const cases: [string, string[], RegExp][] = [
       ['0.0.0.0/0\n127.0.0.1\n', [], /no valid entries to import \(2 refused\)/],
