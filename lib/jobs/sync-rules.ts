@@ -563,7 +563,7 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
     const fwOk = c.firewall === 'none' || (state.firewallOk && (await firewallInPlace(ctx)));
     if (fwOk) {
       log.info(`unchanged since change ${seq}: nothing to do`);
-      return {
+      const result: RunResult = {
         summary: {
           changed: false,
           rules: state.rules,
@@ -579,6 +579,8 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
         },
         nextExpiry: next,
       };
+      ctx.jobSummary(result.summary);
+      return result;
     }
     log.info('files unchanged, but the firewall set is not in place: reloading the rules for it');
   }
@@ -748,6 +750,7 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
   });
   const fw = fwResult as FirewallResult | null;
   const result = { summary: summary(wrote, wrote.length > 0 || Boolean(fw?.changed)), nextExpiry: next };
+  ctx.jobSummary(result.summary); // kept with the job record (qguard status), failure included
   if (fwError) throw fwError;
   return result;
 }

@@ -152,6 +152,14 @@ describe.skipIf(!TOOLS)('sync-rules', () => {
     expect(typeof j.durationMs).toBe('number');
     const second = JSON.parse((await sync(['--json'])).stdout);
     expect(second).toMatchObject({ changed: false, rules: { relay: 1, trust: 0, deny: 2 }, keys: 2, wrote: [] });
+    // Each run is recorded for `qguard status`, with its summary.
+    const runs = await db.query<{ ok: boolean; changed: string }>(
+      "SELECT ok, summary->>'changed' AS changed FROM qguard.job_runs WHERE job = 'sync-rules' AND host = 'test-host' ORDER BY id DESC LIMIT 2",
+    );
+    expect(runs.rows).toEqual([
+      { ok: true, changed: 'false' },
+      { ok: true, changed: 'true' },
+    ]);
   });
 
   it('an unchanged run writes nothing and runs no tcprules', async () => {
