@@ -35,19 +35,26 @@ function prng(seed: number): () => number {
 const quad = (n: number) => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
 
 /** Write the list and, beside it, the networks it names in plain CIDR form (the floor's input). */
-function generate(dir: string): { list: string; plain: string; bytes: number } {
+function generate(dir: string): { list: string; list2: string; plain: string; bytes: number } {
   const rnd = prng(42);
+  const change = prng(7);
   const list = path.join(dir, 'list.txt');
+  const list2 = path.join(dir, 'list2.txt');
   const plain = path.join(dir, 'plain.txt');
   const lf = fs.openSync(list, 'w');
+  const l2f = fs.openSync(list2, 'w');
   const pf = fs.openSync(plain, 'w');
   let lbuf: string[] = [];
   let pbuf: string[] = [];
+  let l2buf: string[] = [];
   const flush = () => {
     fs.writeSync(lf, lbuf.join(''));
     fs.writeSync(pf, pbuf.join(''));
+    // The next day's list: about 1% of the lines replaced by other addresses.
+    fs.writeSync(l2f, l2buf.join(''));
     lbuf = [];
     pbuf = [];
+    l2buf = [];
   };
   // Public-looking space only: 1.0.0.0 - 126.255.255.255 and 128.0.0.0 - 223.255.255.255.
   const addr = () => {
@@ -92,12 +99,15 @@ function generate(dir: string): { list: string; plain: string; bytes: number } {
     } else {
       lbuf.push(rnd() < 0.5 ? `0${quad(addr()).slice(1)}x\n` : `junk line ${i}\n`);
     }
+    const line = lbuf[lbuf.length - 1];
+    l2buf.push(change() < 0.01 ? `${quad(((1 + Math.floor(change() * 126)) << 24) + Math.floor(change() * 16777216))}\n` : line);
     if (lbuf.length >= 10_000) flush();
   }
   flush();
   fs.closeSync(lf);
+  fs.closeSync(l2f);
   fs.closeSync(pf);
-  return { list, plain, bytes: fs.statSync(list).size };
+  return { list, list2, plain, bytes: fs.statSync(list).size };
 }
 
 /** Run a command under /usr/bin/time: wall seconds, max RSS in MB, its output. */
@@ -132,27 +142,36 @@ function main(): void {
     const env = { ...process.env, QGUARD_DATABASE_URL: url, QGUARD_STATE_DIR: dir, QGUARD_CONFIG: '/dev/null' };
     execFileSync(process.execPath, [path.join(BIN, 'qguard.js'), 'db', 'migrate'], { env });
 
-    // The floor: psql \copy of the same networks into a plain table.
-    psql(url, 'CREATE TABLE plain (network cidr NOT NULL)');
-    const floor = timed('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', url, '-c', `\\copy plain (network) FROM '${g.plain}'`]);
+    // The floor: psql \copy of the same networks into a plain table. Measured again before
+    // each of our runs, since other work on the machine comes and goes.
+    let n = 0;
+    const floor = () => {
+      const table = `plain_${n++}`;
+      psql(url, `CREATE TABLE ${table} (network cidr NOT NULL)`);
+      const f = timed('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', url, '-c', `\\copy ${table} (network) FROM '${g.plain}'`]);
+      psql(url, `DROP TABLE ${table}`);
+      return f;
+    };
+    const first = floor();
+    console.log(`${'floor: psql \\copy into a plain table'.padEnd(36)} ${first.seconds.toFixed(2).padStart(6)} s  max RSS ${first.rssMb.toFixed(0)} MB`);
 
-    const imp = (label: string, args: string[]) => {
-      const r = timed(process.execPath, [path.join(BIN, 'import-spamlist.js'), '--source', 'bench', '--json', ...args], {
-        input: g.list,
-        env,
-      });
+    const imp = (label: string, input: string, args: string[]) => {
+      const f = floor();
+      const r = timed(process.execPath, [path.join(BIN, 'import-spamlist.js'), '--source', 'bench', '--json', ...args], { input, env });
       const s = JSON.parse(r.stdout) as Record<string, number>;
       console.log(
-        `${label.padEnd(34)} ${r.seconds.toFixed(2).padStart(6)} s  ${(r.seconds / floor.seconds).toFixed(1).padStart(5)}x floor  max RSS ${r.rssMb.toFixed(0)} MB` +
-          `  (valid ${s.valid}, invalid ${s.invalid}, duplicate ${s.duplicate}, aggregated ${s.aggregated}, added ${s.added}, unchanged ${s.unchanged}, refreshed ${s.refreshed})`,
+        `${label.padEnd(36)} ${r.seconds.toFixed(2).padStart(6)} s  floor now ${f.seconds.toFixed(2)} s = ${(r.seconds / f.seconds).toFixed(1).padStart(5)}x  max RSS ${r.rssMb.toFixed(0)} MB` +
+          `  (valid ${s.valid}, invalid ${s.invalid}, duplicate ${s.duplicate}, aggregated ${s.aggregated}, added ${s.added}, removed ${s.removed}, unchanged ${s.unchanged}, refreshed ${s.refreshed})`,
       );
       return r;
     };
-    console.log(`${'floor: psql \\copy into a plain table'.padEnd(34)} ${floor.seconds.toFixed(2).padStart(6)} s   1.0x floor  max RSS ${floor.rssMb.toFixed(0)} MB`);
-    imp('import-spamlist, first import', []);
-    imp('import-spamlist, same list again', []);
-    imp('import-spamlist --replace --for 2d', ['--replace', '--for', '2d']);
-    imp('import-spamlist --dry-run', ['--replace', '--dry-run']);
+    imp('first import (all new)', g.list, []);
+    imp('same list again, right after', g.list, []);
+    psql(url, 'VACUUM ANALYZE qguard.rules');
+    imp('same list again, after VACUUM', g.list, []);
+    imp('next day: 1% changed, --replace', g.list2, ['--replace']);
+    imp('--replace --dry-run', g.list, ['--replace', '--dry-run']);
+    imp('--replace --for 2d (rewrites all)', g.list, ['--replace', '--for', '2d']);
     console.log('(the machine is shared: figures are noisy; compare with the floor of the same run)');
   } finally {
     try {
