@@ -58,8 +58,6 @@ CREATE INDEX messages_count ON qguard.messages (source_ip, arrival)
   WHERE gone_at IS NULL AND source_ip IS NOT NULL AND state IN ('preprocessed', 'todo');
 -- Housekeeping of rows whose message left the queue.
 CREATE INDEX messages_gone ON qguard.messages (gone_at) WHERE gone_at IS NOT NULL;
--- Review by address (`qguard queue ls --ip`), gone rows included.
-CREATE INDEX messages_source ON qguard.messages (source_ip) WHERE source_ip IS NOT NULL;
 
 -- Per mail server: the queue it scans, and the signature of each queue directory at its last
 -- scan. A directory whose signature did not change holds the same files: not listed again.

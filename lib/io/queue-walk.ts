@@ -171,7 +171,35 @@ export function readHead(file: string, max: number): { data: Buffer; size: numbe
   }
 }
 
+/**
+ * Read up to `want` bytes from the start of a file into `buf` (no fstat: fewer system calls on
+ * the hot path). Fewer than `want` bytes back means the whole file was read.
+ */
+function readInto(file: string, buf: Buffer, want: number): number {
+  const fd = openNoatime(file);
+  try {
+    let got = 0;
+    while (got < want) {
+      const n = fs.readSync(fd, buf, got, want - got, got);
+      got += n;
+      // A short read of a regular file is its end: no second call to hear 0.
+      if (n === 0 || got < want) break;
+    }
+    return got;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+// Scratch buffers, reused for every file: the scan reads hundreds of thousands of small files
+// and must not hand the garbage collector a new buffer for each. Parsers copy what they keep.
+let headScratch = Buffer.allocUnsafe(DEFAULT_MAX_HEAD_BYTES);
+const envelopeScratch = Buffer.allocUnsafe(64 * 1024);
+
+/** A small file whole (envelope files: bytes to KBs). The result is valid until the next call. */
 function readWhole(file: string): Buffer {
+  const n = readInto(file, envelopeScratch, envelopeScratch.length);
+  if (n < envelopeScratch.length) return envelopeScratch.subarray(0, n);
   const { data, size } = readHead(file, MAX_ENVELOPE_BYTES);
   if (size > MAX_ENVELOPE_BYTES) throw Object.assign(new Error(`${file}: larger than ${MAX_ENVELOPE_BYTES} bytes`), { code: 'EFBIG' });
   return data;
@@ -181,14 +209,14 @@ function toStat(st: fs.Stats): FileStat {
   return { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
 }
 
-/** lstat that says null for a missing file. */
+/** lstat that says null for a missing file (without the cost of a thrown error). */
 export function statOrNull(file: string): FileStat | null {
   try {
-    const st = fs.lstatSync(file);
-    if (!st.isFile()) return null;
+    const st = fs.lstatSync(file, { throwIfNoEntry: false });
+    if (!st || !st.isFile()) return null;
     return toStat(st);
   } catch (err) {
-    if (errCode(err) === 'ENOENT' || errCode(err) === 'ENOTDIR') return null;
+    if (errCode(err) === 'ENOTDIR') return null;
     throw err;
   }
 }
@@ -209,7 +237,8 @@ function isDir(p: string): boolean {
  * gap is an error), and whether todo/ and intd/ are split (big-todo). Throws PermanentError
  * when it is not a qmail queue.
  */
-export function openQueue(dir: string): QueueLayout {
+export function openQueue(queueDir: string): QueueLayout {
+  const dir = path.resolve(queueDir);
   let entries: fs.Dirent[];
   try {
     entries = fs.readdirSync(path.join(dir, 'mess'), { withFileTypes: true });
@@ -240,7 +269,8 @@ export function relPath(layout: QueueLayout, dir: QueueDirName, id: string): str
 }
 
 export function absPath(layout: QueueLayout, dir: QueueDirName, id: string): string {
-  return path.join(layout.dir, relPath(layout, dir, id));
+  // layout.dir is absolute and normalised (openQueue): plain concatenation, no path.join per file.
+  return `${layout.dir}/${relPath(layout, dir, id)}`;
 }
 
 /** The directories that hold files of messages in group `s` (the split ones) or all. */
@@ -392,18 +422,19 @@ function firstLine(head: string): string {
 export function readOrigin(
   file: string,
   opts: ReadOptions = {},
-): { origin: MessageOrigin; line1: string; headBytes: number; size: number } {
+): { origin: MessageOrigin; line1: string; headBytes: number; size: number | null } {
   const first = opts.headBytes ?? DEFAULT_HEAD_BYTES;
   const max = Math.max(first, opts.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES);
+  if (headScratch.length < max) headScratch = Buffer.allocUnsafe(max);
   let want = first;
   for (;;) {
-    const { data, size } = readHead(file, want);
-    const whole = data.length >= size;
+    const n = readInto(file, headScratch, want);
+    const whole = n < want;
     const atBound = want >= max;
-    const head = data.toString('latin1');
+    const head = headScratch.toString('latin1', 0, n);
     const origin = parseOrigin(head, whole || atBound);
     if (!origin.needMore || whole || atBound) {
-      return { origin, line1: firstLine(head), headBytes: data.length, size };
+      return { origin, line1: firstLine(head), headBytes: n, size: whole ? n : null };
     }
     want = Math.min(max, want * 4);
   }
@@ -442,7 +473,7 @@ export function readMessageWith(layout: QueueLayout, id: string, stats: MessageS
           files,
           paths,
           stats: current,
-          size: head.size,
+          size: head.size ?? current.mess.size,
           line1: head.line1,
           birth: head.origin.queueLine?.date ?? null,
           origin: head.origin,

@@ -28,6 +28,8 @@ import { decide } from '../policy/decide.js';
 import { ruleRefusal } from '../policy/guards.js';
 import { upsertRule } from '../db/rules.js';
 import {
+  BATCH,
+  type StoredSignature,
   countLive,
   groupsWithFlatFiles,
   insertMessages,
@@ -100,6 +102,8 @@ export interface ScanSummary {
   groupsRead: number;
   split: number;
   pruned: number;
+  /** Where the time went (ms): directory look, listing, stat, reading and parsing, waiting for the database, counting and denying. */
+  phasesMs: { look: number; list: number; stat: number; read: number; db: number; count: number };
 }
 
 /** Thrown inside the transaction to roll a dry run back (a TemporaryError passes through the db layer untouched). */
@@ -133,34 +137,71 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
     summary = err.summary;
   }
   summary.durationMs = Math.round(performance.now() - started);
+  for (const k of Object.keys(summary.phasesMs) as (keyof ScanSummary['phasesMs'])[]) summary.phasesMs[k] = Math.round(summary.phasesMs[k]);
   ctx.log.info(
     `${layout.dir}: ${summary.scanned} messages: ${summary.new} new, ${summary.updated} updated, ${summary.unchanged} unchanged, ` +
       `${summary.gone} gone, ${summary.skipped} skipped, ${summary.errors} odd; ${summary.groupsRead}/${summary.split} groups read; ` +
       `${summary.overThreshold} IPs at ${summary.threshold}+ in ${summary.window}; ${dryRun ? 'would deny' : 'denied'} ` +
-      `${summary.denied.length ? summary.denied.join(' ') : 'none'} (${summary.durationMs} ms)`,
+      `${summary.denied.length ? summary.denied.join(' ') : 'none'} (${summary.durationMs} ms: ` +
+      `${Object.entries(summary.phasesMs).map(([k, v]) => `${k} ${v}`).join(', ')})`,
   );
   ctx.jobSummary(summary);
   if (opts.json) ctx.printJson(summary);
 }
 
-interface Buffers {
-  inserts: QueuedMessage[];
-  updates: { rowId: number; message: QueuedMessage }[];
-  envelopes: { rowId: number; envelope: EnvelopeState; sig: string }[];
-  gone: number[];
-}
+/**
+ * Batched writes of the scan, pipelined: a batch goes to the database while the next one is
+ * read from the queue (PostgreSQL works on its CPU while we parse on ours). At most one batch
+ * is in flight; its failure surfaces at the next flush or at the end.
+ */
+class Writer {
+  inserts: QueuedMessage[] = [];
+  updates: { rowId: number; message: QueuedMessage }[] = [];
+  envelopes: { rowId: number; envelope: EnvelopeState; sig: string }[] = [];
+  gone: number[] = [];
+  private inFlight: Promise<void> | null = null;
 
-async function flush(tx: Queryable, host: string, b: Buffers, force: boolean): Promise<void> {
-  const size = b.inserts.length + b.updates.length + b.envelopes.length + b.gone.length;
-  if (size === 0 || (!force && size < 2000)) return;
-  if (b.inserts.length) await insertMessages(tx, host, b.inserts);
-  if (b.updates.length) await updateMessages(tx, b.updates);
-  if (b.envelopes.length) await updateEnvelopes(tx, b.envelopes);
-  if (b.gone.length) await markGone(tx, b.gone);
-  b.inserts = [];
-  b.updates = [];
-  b.envelopes = [];
-  b.gone = [];
+  constructor(
+    private readonly tx: Queryable,
+    private readonly host: string,
+  ) {}
+
+  private get size(): number {
+    return this.inserts.length + this.updates.length + this.envelopes.length + this.gone.length;
+  }
+
+  /** Bound memory: send a full batch now (a group larger than a batch). */
+  async flushIfFull(): Promise<void> {
+    if (this.size >= BATCH) await this.flush();
+  }
+
+  /** Send what is buffered (after the batch in flight, if any, has finished). */
+  async flush(): Promise<void> {
+    if (this.size === 0) return;
+    const batch = { inserts: this.inserts, updates: this.updates, envelopes: this.envelopes, gone: this.gone };
+    this.inserts = [];
+    this.updates = [];
+    this.envelopes = [];
+    this.gone = [];
+    await this.settle();
+    this.inFlight = this.write(batch);
+    // Handled here; the error is thrown again by settle().
+    this.inFlight.catch(() => {});
+  }
+
+  /** Wait for the batch in flight; throw its error. */
+  async settle(): Promise<void> {
+    const p = this.inFlight;
+    this.inFlight = null;
+    if (p) await p;
+  }
+
+  private async write(b: { inserts: QueuedMessage[]; updates: Writer['updates']; envelopes: Writer['envelopes']; gone: number[] }) {
+    if (b.inserts.length) await insertMessages(this.tx, this.host, b.inserts);
+    if (b.updates.length) await updateMessages(this.tx, b.updates);
+    if (b.envelopes.length) await updateEnvelopes(this.tx, b.envelopes);
+    if (b.gone.length) await markGone(this.tx, b.gone);
+  }
 }
 
 function errCode(err: unknown): string | undefined {
@@ -194,7 +235,10 @@ async function scanInto(
     groupsRead: 0,
     split: layout.split,
     pruned: 0,
+    phasesMs: { look: 0, list: 0, stat: 0, read: 0, db: 0, count: 0 },
   };
+  const ms = summary.phasesMs;
+  const lookStart = performance.now();
 
   // ---- look: which directories changed since the last scan
   const prev = await loadScanState(tx, host);
@@ -222,13 +266,16 @@ async function scanInto(
   for (const d of flatDirs(layout)) if (look(d.dir, d.path)) flatChanged = true;
   const rotation = (prev?.rotation ?? 0) % layout.split;
   groups.add(rotation);
+  ms.look = performance.now() - lookStart;
 
   // The unsplit directories (todo/, intd/, bounce/) are listed whenever any group is read:
   // they say which messages of a group are still in todo or have a bounce pending.
   const flat = new Map<string, QueueDirName[]>();
   if (flatChanged) for (const g of await groupsWithFlatFiles(tx, host)) groups.add(g);
   for (const d of flatDirs(layout)) {
+    const t0 = performance.now();
     const { ids, odd } = listIds(d.path);
+    ms.list += performance.now() - t0;
     if (odd.length) log.info(`${d.dir}/: ${odd.length} names that are not queue ids (e.g. ${JSON.stringify(odd[0].slice(0, 40))})`);
     for (const id of ids) {
       const list = flat.get(id);
@@ -239,18 +286,25 @@ async function scanInto(
   }
 
   // ---- read the changed groups
-  const buf: Buffers = { inserts: [], updates: [], envelopes: [], gone: [] };
+  const buf = new Writer(tx, host);
   const odd = (what: string) => {
     summary.errors++;
     log.info(what);
   };
-  for (const s of [...groups].sort((a, b) => a - b)) {
+  const order = [...groups].sort((a, b) => a - b);
+  // The stored rows of the next group are asked for before this group's writes are sent, so
+  // they come back at once and the writes run in the database while we read the next group.
+  let nextStored: Promise<Map<string, StoredSignature[]>> | null = order.length ? liveGroup(tx, host, order[0]) : null;
+  for (let gi = 0; gi < order.length; gi++) {
+    const s = order[gi];
     summary.groupsRead++;
     let unsettle = false;
     const present = new Map<string, QueueDirName[]>();
     const orphans: string[] = [];
     for (const d of groupDirs(layout, s)) {
+      const t0 = performance.now();
       const { ids, odd: oddNames } = listIds(d.path);
+      ms.list += performance.now() - t0;
       if (oddNames.length) log.info(`${d.dir}/${s}: ${oddNames.length} names that are not queue ids (e.g. ${JSON.stringify(oddNames[0].slice(0, 40))})`);
       for (const id of ids) {
         if (d.dir === 'mess') present.set(id, ['mess', ...(present.get(id) ?? [])]);
@@ -262,7 +316,9 @@ async function scanInto(
       }
     }
     for (const [id, dirs] of flat) if (splitOf(id, layout.split) === s) present.set(id, [...(present.get(id) ?? []), ...dirs]);
-    const stored = await liveGroup(tx, host, s);
+    let t0 = performance.now();
+    const stored = await nextStored!;
+    ms.db += performance.now() - t0;
     const keep = new Set<number>();
     for (const [id, dirs] of present) {
       if (dirs[0] !== 'mess') {
@@ -276,7 +332,9 @@ async function scanInto(
       }
       let stats;
       try {
+        t0 = performance.now();
         stats = statMessage(layout, id, dirs);
+        ms.stat += performance.now() - t0;
       } catch (err) {
         odd(`mess/${s}/${id}: ${(err as Error).message}`);
         unsettle = true;
@@ -297,12 +355,16 @@ async function scanInto(
       const messSame = rows.find((r) => r.messSig === messSig && r.line1 !== '');
       if (messSame) {
         try {
+          t0 = performance.now();
           const envelope = readEnvelope(layout, id, stats);
+          ms.read += performance.now() - t0;
           buf.envelopes.push({ rowId: messSame.rowId, envelope, sig });
           keep.add(messSame.rowId);
           summary.updated++;
           if (envelope.problems.length && !envelope.state.startsWith('in-flight')) odd(`message ${id}: ${envelope.problems.join('; ')}`);
-          await flush(tx, host, buf, false);
+          t0 = performance.now();
+          await buf.flushIfFull();
+          ms.db += performance.now() - t0;
           continue;
         } catch (err) {
           // Changed under us (todo/ removed mid-read): read it in full below.
@@ -314,7 +376,9 @@ async function scanInto(
           }
         }
       }
+      t0 = performance.now();
       const outcome = readMessageWith(layout, id, stats);
+      ms.read += performance.now() - t0;
       if (outcome.status === 'vanished') {
         summary.skipped++;
         continue;
@@ -348,21 +412,34 @@ async function scanInto(
         buf.inserts.push(m);
         summary.new++;
       }
-      await flush(tx, host, buf, false);
+      t0 = performance.now();
+      await buf.flushIfFull();
+      ms.db += performance.now() - t0;
     }
     if (orphans.length) log.info(`group ${s}: ${orphans.length} message(s) with files but no mess/ (e.g. ${orphans[0]})`);
     for (const rows of stored.values()) for (const r of rows) if (!keep.has(r.rowId)) buf.gone.push(r.rowId);
     summary.gone += [...stored.values()].reduce((n, rows) => n + rows.filter((r) => !keep.has(r.rowId)).length, 0);
     if (unsettle) for (const d of groupDirs(layout, s)) nowDirs[`${d.dir}/${s}`] = '';
-    await flush(tx, host, buf, false);
+    if (gi + 1 < order.length) {
+      nextStored = liveGroup(tx, host, order[gi + 1]);
+      nextStored.catch(() => {}); // awaited (and thrown) at the next group
+    }
+    t0 = performance.now();
+    await buf.flush();
+    ms.db += performance.now() - t0;
   }
-  await flush(tx, host, buf, true);
+  let t0 = performance.now();
+  await buf.flush();
+  await buf.settle();
   summary.pruned = await pruneGone(tx, config.windowSeconds + PRUNE_MARGIN_SECONDS);
   summary.scanned = await countLive(tx, host);
   summary.unchanged = summary.scanned - summary.new - summary.updated;
 
   // ---- count and deny
+  ms.db += performance.now() - t0;
+  t0 = performance.now();
   await denyOverThreshold(ctx, tx, summary, run);
+  ms.count = performance.now() - t0;
 
   await saveScanState(tx, {
     host,

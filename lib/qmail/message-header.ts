@@ -31,7 +31,7 @@ export function readHeader(text: string, pos = 0, eof = false): HeaderBlock {
   let current: { name: string; parts: string[]; start: number } | null = null;
   const close = (end: number) => {
     if (current) {
-      const raw = current.parts.join('').replace(/^[ \t]+/, '').replace(/[ \t\r]+$/, '');
+      const raw = current.parts.join('').trim();
       fields.push({ name: current.name, raw, start: current.start, end });
       current = null;
     }
@@ -76,6 +76,48 @@ export function headerValue(block: HeaderBlock, name: string): string | null {
   const want = name.toLowerCase();
   for (const f of block.fields) if (f.name.toLowerCase() === want) return f.raw;
   return null;
+}
+
+/**
+ * The raw value of the first field called `name` in the header starting at `pos`, without
+ * splitting the whole header (the scan's hot path). `complete` false: the text ended before
+ * the field or the end of the header was seen (and `eof` is false): read more and ask again.
+ */
+export function findField(text: string, pos: number, name: string, eof: boolean): { raw: string | null; complete: boolean } {
+  const want = `${name.toLowerCase()}:`;
+  let i = pos;
+  while (i < text.length) {
+    let nl = text.indexOf('\n', i);
+    if (nl < 0) {
+      if (!eof) return { raw: null, complete: false };
+      nl = text.length;
+    }
+    const c = text.charCodeAt(i);
+    // A blank line ends the header.
+    if (c === 10 || (c === 13 && nl === i + 1)) return { raw: null, complete: true };
+    if (c !== 32 && c !== 9) {
+      const colon = text.indexOf(':', i);
+      // A line that is not a field: the body started without a blank line.
+      if (colon < 0 || colon > nl) return { raw: null, complete: true };
+      if (colon - i + 1 === want.length && text.slice(i, colon + 1).toLowerCase() === want) {
+        const parts = [text.slice(colon + 1, nl)];
+        let j = nl + 1;
+        while (j < text.length && (text.charCodeAt(j) === 32 || text.charCodeAt(j) === 9)) {
+          let nl2 = text.indexOf('\n', j);
+          if (nl2 < 0) {
+            if (!eof) return { raw: null, complete: false };
+            nl2 = text.length;
+          }
+          parts.push(text.slice(j, nl2));
+          j = nl2 + 1;
+        }
+        if (j >= text.length && !eof) return { raw: null, complete: false };
+        return { raw: parts.join('').trim(), complete: true };
+      }
+    }
+    i = nl + 1;
+  }
+  return { raw: null, complete: eof };
 }
 
 const utf8Strict = new TextDecoder('utf-8', { fatal: true });
@@ -125,6 +167,8 @@ function decodeWord(charset: string, encoding: string, data: string): string | n
  * are NOT removed here: the printer neutralises them (lib/text.ts).
  */
 export function decodeHeaderText(raw: string): string {
+  // The common case: plain ASCII, nothing encoded.
+  if (!raw.includes('=?') && !/[\x80-\xff]/.test(raw)) return raw.replace(/\s+/g, ' ').trim();
   const text = bytesToText(raw);
   const re = /=\?([^?\s]+)\?([BbQq])\?([^?\s]*)\?=/g;
   let out = '';

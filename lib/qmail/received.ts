@@ -21,7 +21,7 @@
 // its read up to a bound, then asks again with `final`.
 
 import { formatAddr, parseIp } from '../net/address.js';
-import { type HeaderBlock, clip, decodeHeaderText, headerValue, readHeader } from './message-header.js';
+import { type HeaderBlock, clip, decodeHeaderText, findField, headerValue, readHeader } from './message-header.js';
 
 /** How a message got into the queue, as the walker reports it. */
 export type MessageKind = 'network' | 'local' | 'bounce' | 'double-bounce' | 'unknown';
@@ -137,8 +137,13 @@ export function parseSmtpLine(first: string, second: string): SmtpLine | null {
   };
 }
 
+const OCTET = '(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
+const DOTTED_QUAD = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
+
 /** Normalise a recorded IP for counting: `::ffff:a.b.c.d` → `a.b.c.d`. Null when not an IP. */
 export function normaliseIp(recorded: string): string | null {
+  // Fast path: a plain dotted quad without leading zeros is already canonical.
+  if (DOTTED_QUAD.test(recorded)) return recorded;
   const r = parseIp(recorded);
   if (!r.ok) return null;
   return formatAddr(r.net.family, r.net.addr);
@@ -288,10 +293,9 @@ function parseAt(lv: Level, pos: number, depth: number): void {
 
 /** Take the Subject of the header that starts at `pos` (the innermost message's header). */
 function takeSubject(lv: Level, pos: number): void {
-  const block = readHeader(lv.text, pos, lv.final);
-  const s = subjectOf(block);
-  if (s !== null) lv.origin.subject = s;
-  else if (!block.complete && !lv.final) lv.origin.needMore = true;
+  const f = findField(lv.text, pos, 'Subject', lv.final);
+  if (f.raw !== null) lv.origin.subject = clip(decodeHeaderText(f.raw), SUBJECT_MAX);
+  else if (!f.complete && !lv.final) lv.origin.needMore = true;
 }
 
 /**

@@ -13,7 +13,15 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-export const FIXTURE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/qmail-queue');
+/** test/fixtures/qmail-queue, from the sources or from their build in dist/ (benches). */
+export const FIXTURE_DIR = ((): string => {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  for (const up of ['../fixtures/qmail-queue', '../../../test/fixtures/qmail-queue']) {
+    const dir = path.resolve(here, up);
+    if (fs.existsSync(dir)) return dir;
+  }
+  return path.resolve(here, '../fixtures/qmail-queue');
+})();
 
 export type Snapshot = 'processed' | 'todo';
 
