@@ -113,7 +113,8 @@ function parseRange(text: string, dash: number): LineResult {
   return { kind: 'nets', nets: rangeToCidrs({ family: lo.net.family, first: lo.net.addr, last: hi.net.addr }) };
 }
 
-const TCPRULES_LINE = /^([^:]*):(deny|allow)(,.*)?$/;
+/** `KEY:deny[,...]`; a key never holds blanks or comment marks (then it is a comment's text). */
+const TCPRULES_LINE = /^([^:\s#;]*):(deny|allow)(,.*)?$/;
 
 /**
  * A tcprules line. Only `deny` lines are listings; the key is what tcpserver would match:

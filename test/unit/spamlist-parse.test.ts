@@ -88,6 +88,8 @@ describe('parseLine: formats', () => {
     // Not contiguous: 1.2.7.0/24, 1.3.7.0/24, 1.4.7.0/24, as tcpserver would match.
     expect(nets('1.2-4.7.:deny')).toEqual(['1.2.7.0/24', '1.3.7.0/24', '1.4.7.0/24']);
     expect(nets('192.0.2.7:deny,RBLSMTPD="-go away"')).toEqual(['192.0.2.7/32']);
+    // A comment that happens to say ":deny" is still a comment.
+    expect(nets('192.0.2.8 ; was 192.0.2.:deny')).toEqual(['192.0.2.8/32']);
     // The empty key is everyone: the parser says so, the guards refuse it.
     expect(nets(':deny')).toEqual(['0.0.0.0/0']);
   });
