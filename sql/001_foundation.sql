@@ -31,7 +31,9 @@ CREATE TABLE qguard.rules (
   CONSTRAINT rules_no_mapped CHECK (NOT (family(network) = 6 AND network <<= '::ffff:0.0.0.0/96'::cidr)),
   CONSTRAINT rules_unique UNIQUE NULLS NOT DISTINCT (network, source, host)
 );
-CREATE INDEX rules_network_gist ON qguard.rules USING gist (network inet_ops);
+-- Which rules contain an address (`network >>= ip`): SP-GiST inet_ops. Measured against GiST
+-- inet_ops at 930,000 rules: inserts in 9 s instead of 15 s, lookups in 0.1 ms instead of 5 ms.
+CREATE INDEX rules_network_spgist ON qguard.rules USING spgist (network inet_ops);
 CREATE INDEX rules_expires ON qguard.rules (expires_at) WHERE expires_at IS NOT NULL;
 CREATE INDEX rules_source ON qguard.rules (source);
 
@@ -69,8 +71,9 @@ CREATE TABLE qguard.audit (
   expires_at  timestamptz,
   old         jsonb
 );
+-- Only by time: a GiST on network tripled the cost of a million-entry list import, and the
+-- history of one network is an occasional admin query that may scan.
 CREATE INDEX audit_at ON qguard.audit (at);
-CREATE INDEX audit_network ON qguard.audit USING gist (network inet_ops);
 
 -- The change counter: bumped (and announced with NOTIFY) by every statement that changes
 -- rules or domains, readable in O(1) so sync-rules knows "nothing changed" without reading

@@ -102,7 +102,8 @@ function bytesToBigint(bytes: number[]): bigint {
 
 /** Parse one address (no prefix) strictly; IPv4-mapped IPv6 becomes IPv4. */
 function parseAddrText(text: string): { family: Family; addr: bigint } | { error: string } {
-  if (ipaddr.IPv4.isValidFourPartDecimal(text)) {
+  // IPv6 first: ipaddr's IPv4 check throws (slowly) inside on anything with a colon.
+  if (!text.includes(':') && ipaddr.IPv4.isValidFourPartDecimal(text)) {
     return { family: 4, addr: bytesToBigint(ipaddr.IPv4.parse(text).toByteArray()) };
   }
   if (/^[\d.]+$/.test(text)) {
