@@ -24,6 +24,13 @@ export interface RunOptions {
   umask?: number;
   /** Stdout as a Buffer instead of text. */
   binary?: boolean;
+  /**
+   * An open file descriptor to give the child as its fd 0 / fd 1 instead of a pipe (qmail-queue
+   * reads the message on fd 0 and the envelope on fd 1: both are files opened read-only).
+   * With `stdoutFd` the result's stdout is empty.
+   */
+  stdinFd?: number;
+  stdoutFd?: number;
 }
 
 export interface RunResult {
@@ -50,7 +57,12 @@ export async function runProgram(file: string, args: readonly string[], opts: Ru
     argv = ['-c', `umask ${opts.umask.toString(8).padStart(3, '0')} && exec "$@"`, 'sh', file, ...args];
     cmd = '/bin/sh';
   }
-  const stdio = [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe', ...(opts.extraFds ?? [])] as Options['stdio'];
+  const stdio = [
+    opts.stdinFd ?? (opts.input === undefined ? 'ignore' : 'pipe'),
+    opts.stdoutFd ?? 'pipe',
+    'pipe',
+    ...(opts.extraFds ?? []),
+  ] as Options['stdio'];
   // execa is loaded on first use: most runs of the every-minute jobs never start a program.
   const { execa } = await import('execa');
   let result;

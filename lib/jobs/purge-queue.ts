@@ -1,0 +1,743 @@
+// purge-queue: the seed's daily job — clear spam out of the qmail queue with judgement, with
+// qmail-send stopped and its lock held, every removed message kept in the quarantine first.
+//
+//   plan     the candidates are what scan-queue recorded for this host (qguard.messages, plus
+//            a fresh read for --id messages it has not seen); each source IP's decision comes
+//            from the live rules through decide() (with the protected networks); the policy
+//            choice is lib/policy/purge-select.ts. --max refuses an oversized selection (exit
+//            100) before anything is touched; --dry-run reads each chosen message again and
+//            lists what would go.
+//   stop     whether qmail-send runs = whether queue/lock/sendmutex is locked (it holds
+//            flock(LOCK_EX) on it). Free: nothing is stopped or started. Held: run
+//            QGUARD_QMAIL_STOP, then wait (bounded) for the lock; not obtained → nothing is
+//            removed, what we stopped is started, exit 111. The lock is held for the whole
+//            removal. A marker file in the state directory remembers that we stopped
+//            qmail-send, so a run killed meanwhile is followed by one that starts it again.
+//   repair   rows left in state 'removing' by a killed run are finished first (their copies
+//            are durable); quarantine directories without a row (never committed) are deleted.
+//   apply    in batches: a fresh read of each message (same id AND same line 1, else the inode
+//            was reused: skip), its quarantine entry written, one sync, the rows inserted
+//            ('removing': the commit point), the queue files unlinked in the safe order
+//            (lib/io/queue-remove.ts), one sync, the rows marked 'removed'.
+//   finish   release the lock, start qmail-send if we stopped it, drop quarantine entries older
+//            than QGUARD_QUARANTINE_KEEP, record the run.
+// kill -9 anywhere leaves every removed message in the quarantine; the next run leaves the
+// queue without orphans.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import type { RunContext } from '../cli/run-main.js';
+import { PermanentError, TemporaryError, UsageError, errorText } from '../errors.js';
+import { formatDuration, parseDuration } from '../duration.js';
+import { parseIp, parseNet } from '../net/address.js';
+import { decide } from '../policy/decide.js';
+import {
+  type AdminSelection,
+  type Chosen,
+  type KeepReason,
+  type PurgePolicy,
+  type PurgeRecord,
+  DEFAULT_POLICIES,
+  PURGE_POLICIES,
+  type SourceVerdict,
+  selectPurge,
+} from '../policy/purge-select.js';
+import { kindOf, markGone, rulesForIps } from '../db/messages.js';
+import {
+  type CandidateRow,
+  type NewQuarantineRow,
+  allocateIds,
+  deleteRows,
+  existingIds,
+  expiredRows,
+  insertRemoving,
+  markRemoved,
+  purgeCandidates,
+  rowsInState,
+} from '../db/quarantine.js';
+import type { Queryable } from '../db/connect.js';
+import { currentActor } from '../db/connect.js';
+import { type QueueLayout, type QueuedMessage, openQueue, readMessage } from '../io/queue-walk.js';
+import { removeMessageFiles } from '../io/queue-remove.js';
+import {
+  type QuarantineMeta,
+  type WrittenEntry,
+  ensureQuarantineDir,
+  entryComplete,
+  listEntries,
+  removeEntry,
+  syncPaths,
+  writeEntry,
+} from '../io/quarantine.js';
+import { type FileLock, lockFile } from '../io/lock.js';
+import { runProgram, splitCommand } from '../io/run-program.js';
+import { writeFileAtomic } from '../io/atomic-write.js';
+import {
+  type VirtualDomains,
+  parseVirtualDomains,
+  renderQmailQueueEnvelope,
+  stripVdomPrepend,
+} from '../qmail/qmail-queue-envelope.js';
+
+/** Flags of the purge-queue command. */
+export interface PurgeOptions {
+  dryRun?: boolean;
+  json?: boolean;
+  /** Comma-separated policies (denied, backscatter, stale). */
+  policy?: string;
+  olderThan?: string;
+  ip?: string;
+  sender?: string;
+  id?: string[];
+  max?: string;
+  force?: boolean;
+  /** How long to wait for qmail-send to let go of its lock after the stop command. */
+  stopWait?: string;
+}
+
+/** One message a dry run would remove. */
+export interface PlannedRemoval {
+  id: string;
+  sourceIp: string | null;
+  sender: string | null;
+  kind: string;
+  policy: string;
+  reason: string;
+  arrival: string;
+}
+
+/** The --json summary (INTERFACE.md), with a few extra fields. */
+export interface PurgeSummary {
+  selected: number;
+  removed: number;
+  quarantined: number;
+  skipped: number;
+  stoppedQmail: boolean;
+  durationMs: number;
+  dryRun: boolean;
+  policies: string[];
+  /** Selected beyond --max (with --force): left for the next run. */
+  deferred: number;
+  /** Matched a policy or selection but kept by a guard, by guard. */
+  guarded: Partial<Record<KeepReason, number>>;
+  /** Selected but not removed, by why (gone, replaced, in-flight, unreadable, envelope). */
+  skippedWhy: Record<string, number>;
+  /** Removals of a killed run finished by this one. */
+  repaired: number;
+  /** Quarantine entries dropped by the retention (QGUARD_QUARANTINE_KEEP). */
+  pruned: number;
+  quarantineDir: string;
+  /** Dry run: what would go. */
+  messages?: PlannedRemoval[];
+}
+
+/** The selection a run works with, from the flags. */
+interface PurgePlan {
+  dryRun: boolean;
+  policies: PurgePolicy[];
+  olderThanSeconds: number | null;
+  admin: AdminSelection | null;
+  max: number;
+  force: boolean;
+  stopWaitSeconds: number;
+}
+
+export const DEFAULT_MAX = 100_000;
+const DEFAULT_STOP_WAIT = 300;
+/** Messages per batch: one sync and two statements each. */
+export const PURGE_BATCH = 1000;
+/** The marker: we stopped qmail-send and owe it a start. */
+const MARKER = 'purge-queue.qmail-stopped';
+
+function durationFlag(flag: string, v: string): number {
+  const r = parseDuration(v);
+  if ('error' in r) throw new UsageError(`${flag}: ${r.error}`);
+  return r.seconds;
+}
+
+/** Flags → plan; bad flags are usage errors (exit 2). */
+export function parsePurgeOptions(opts: PurgeOptions): PurgePlan {
+  const olderThanSeconds = opts.olderThan !== undefined ? durationFlag('--older-than', opts.olderThan) : null;
+  const admin: AdminSelection = {};
+  if (opts.ip !== undefined) {
+    const r = parseNet(opts.ip);
+    if (!r.ok) throw new UsageError(`--ip: ${r.error}`);
+    admin.net = r.net;
+  }
+  if (opts.sender !== undefined) admin.sender = opts.sender;
+  if (opts.id !== undefined && opts.id.length > 0) {
+    for (const id of opts.id) {
+      if (!/^[1-9]\d{0,19}$/.test(id)) throw new UsageError(`--id: not a queue id (the number qmail-qread shows): ${JSON.stringify(id.slice(0, 40))}`);
+    }
+    admin.ids = [...new Set(opts.id)];
+  }
+  const hasAdmin = admin.net !== undefined || admin.sender !== undefined || admin.ids !== undefined;
+  let policies: PurgePolicy[];
+  if (opts.policy !== undefined) {
+    policies = [];
+    for (const p of opts.policy.split(/[\s,]+/).filter(Boolean)) {
+      if (p === 'none') continue;
+      if (!(PURGE_POLICIES as readonly string[]).includes(p)) {
+        throw new UsageError(`--policy: unknown policy ${JSON.stringify(p.slice(0, 40))} (denied, backscatter, stale, none)`);
+      }
+      if (!policies.includes(p as PurgePolicy)) policies.push(p as PurgePolicy);
+    }
+  } else {
+    // An admin selection says exactly what to remove; otherwise the daily default.
+    policies = hasAdmin ? [] : [...DEFAULT_POLICIES];
+  }
+  if (olderThanSeconds !== null && !policies.includes('stale')) policies.push('stale');
+  if (policies.includes('stale') && olderThanSeconds === null) throw new UsageError('--policy stale needs --older-than DUR');
+  let max = DEFAULT_MAX;
+  if (opts.max !== undefined) {
+    if (!/^\d{1,9}$/.test(opts.max) || Number(opts.max) < 1) throw new UsageError(`--max: not a positive whole number: ${JSON.stringify(opts.max.slice(0, 40))}`);
+    max = Number(opts.max);
+  }
+  const stopWaitSeconds = opts.stopWait !== undefined ? durationFlag('--stop-wait', opts.stopWait) : DEFAULT_STOP_WAIT;
+  return { dryRun: Boolean(opts.dryRun), policies, olderThanSeconds, admin: hasAdmin ? admin : null, max, force: Boolean(opts.force), stopWaitSeconds };
+}
+
+/** A candidate: the recorded message (or a fresh read of an --id one scan-queue has not seen). */
+interface Candidate extends PurgeRecord {
+  rowId: number | null;
+  line1: string;
+}
+
+/** Run purge-queue. */
+export async function purgeQueue(ctx: RunContext, opts: PurgeOptions): Promise<void> {
+  const started = performance.now();
+  const plan = parsePurgeOptions(opts);
+  const { config, log } = ctx;
+  await ctx.jobLock('purge-queue', { record: !plan.dryRun });
+  const layout = openQueue(path.resolve(config.queueDir));
+  const db = await ctx.db();
+  const summary: PurgeSummary = {
+    selected: 0,
+    removed: 0,
+    quarantined: 0,
+    skipped: 0,
+    stoppedQmail: false,
+    durationMs: 0,
+    dryRun: plan.dryRun,
+    policies: plan.policies,
+    deferred: 0,
+    guarded: {},
+    skippedWhy: {},
+    repaired: 0,
+    pruned: 0,
+    quarantineDir: path.resolve(config.quarantineDir),
+  };
+
+  // ---- plan
+  const candidates = await loadCandidates(ctx, db, layout, plan);
+  const verdicts = await sourceVerdicts(ctx, db, candidates);
+  const sel = selectPurge(candidates, (ip) => verdicts.get(ip), {
+    policies: plan.policies,
+    olderThanSeconds: plan.olderThanSeconds,
+    admin: plan.admin,
+    now: new Date(),
+  });
+  for (const g of sel.guarded) summary.guarded[g.why] = (summary.guarded[g.why] ?? 0) + 1;
+  summary.selected = sel.selected.length;
+  let chosen = sel.selected;
+  if (chosen.length > plan.max) {
+    if (!plan.force) {
+      throw new PermanentError(
+        `${chosen.length} messages selected, more than --max ${plan.max}: nothing removed (narrow the selection, raise --max, or add --force to remove the oldest ${plan.max} now)`,
+      );
+    }
+    summary.deferred = chosen.length - plan.max;
+    chosen = chosen.slice(0, plan.max);
+  }
+
+  if (plan.dryRun) {
+    summary.messages = dryRunList(layout, chosen, summary);
+    finish(ctx, summary, started, opts);
+    if (!opts.json) printPlan(ctx, summary);
+    return;
+  }
+
+  // ---- repair, apply
+  const qdir = ensureQuarantineDir(config.quarantineDir);
+  summary.quarantineDir = qdir;
+  await dropUncommitted(ctx, db, qdir);
+  const repairs = await rowsInState(db, config.host, ['removing']);
+  const marker = path.join(config.stateDir, MARKER);
+  const owed = fs.existsSync(marker);
+  if (chosen.length > 0 || repairs.length > 0 || owed) {
+    const gate = chosen.length > 0 || repairs.length > 0 ? await stopAndLock(ctx, layout, plan.stopWaitSeconds, marker, owed) : await owedOnly(marker);
+    summary.stoppedQmail = gate.stopped;
+    let failure: unknown = null;
+    try {
+      if (repairs.length > 0) summary.repaired = await repair(ctx, db, layout, repairs);
+      if (chosen.length > 0) await removeAll(ctx, db, layout, qdir, chosen, summary);
+    } catch (err) {
+      failure = err;
+    }
+    try {
+      await gate.release(ctx);
+    } catch (err) {
+      if (failure === null) failure = err;
+      else log.warn(errorText(err));
+    }
+    if (failure !== null) throw failure;
+  }
+
+  // ---- retention
+  summary.pruned = await pruneQuarantine(db, config.host, config.quarantineKeepSeconds);
+  finish(ctx, summary, started, opts);
+}
+
+function finish(ctx: RunContext, summary: PurgeSummary, started: number, opts: PurgeOptions): void {
+  summary.durationMs = Math.round(performance.now() - started);
+  const g = Object.entries(summary.guarded)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
+  ctx.log.info(
+    `${summary.selected} selected (${summary.policies.join(', ') || 'admin selection'}), ${summary.dryRun ? 'would remove' : 'removed'} ` +
+      `${summary.dryRun ? (summary.messages?.length ?? 0) : summary.removed}, skipped ${summary.skipped}` +
+      `${summary.deferred ? `, ${summary.deferred} left for the next run (--max)` : ''}${g ? `; kept by guards: ${g}` : ''}` +
+      `${summary.repaired ? `; finished ${summary.repaired} interrupted removals` : ''}${summary.pruned ? `; pruned ${summary.pruned} old quarantine entries` : ''}` +
+      `${summary.stoppedQmail ? '; qmail-send was stopped and started' : ''} (${summary.durationMs} ms)`,
+  );
+  ctx.jobSummary(summary);
+  if (opts.json) ctx.printJson(summary);
+}
+
+function printPlan(ctx: RunContext, summary: PurgeSummary): void {
+  const safe = (s: string) => s.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
+  const lines = (summary.messages ?? []).map(
+    (m) => `${m.id.padStart(9)} ${(m.sourceIp ?? '-').padEnd(15)} <${safe(m.sender ?? '?')}> ${safe(m.reason)}`,
+  );
+  if (lines.length) ctx.print(`${lines.join('\n')}\n`);
+}
+
+// ---------------------------------------------------------------------------------------
+// Plan
+
+async function loadCandidates(ctx: RunContext, db: Queryable, layout: QueueLayout, plan: PurgePlan): Promise<Candidate[]> {
+  const rows: CandidateRow[] = await purgeCandidates(db, ctx.config.host);
+  const out: Candidate[] = rows.map((r) => ({
+    rowId: r.rowId,
+    id: r.id,
+    line1: r.line1,
+    state: r.state,
+    kind: r.kind,
+    forwarded: r.forwarded,
+    sourceIp: r.sourceIp,
+    sender: r.sender,
+    arrival: r.arrival,
+  }));
+  // --id names messages scan-queue may not have seen yet: read those from the queue.
+  const ids = plan.admin?.ids;
+  if (ids) {
+    const known = new Set(out.map((c) => c.id));
+    for (const id of ids) {
+      if (known.has(id)) continue;
+      const r = readMessage(layout, id);
+      if (r.status !== 'ok') {
+        ctx.log.warn(`--id ${id}: ${r.status === 'unreadable' ? r.error : 'no such message in the queue'}`);
+        continue;
+      }
+      out.push(fromFreshRead(r.message));
+    }
+  }
+  return out;
+}
+
+function fromFreshRead(m: QueuedMessage): Candidate {
+  return {
+    rowId: null,
+    id: m.id,
+    line1: m.line1,
+    state: m.state,
+    kind: kindOf(m),
+    forwarded: m.origin.forwarded,
+    sourceIp: m.origin.sourceIp,
+    sender: m.sender,
+    arrival: m.arrival,
+  };
+}
+
+/** The decision for every source IP among the candidates: the live rules of this host + decide(). */
+async function sourceVerdicts(ctx: RunContext, db: Queryable, candidates: readonly Candidate[]): Promise<Map<string, SourceVerdict>> {
+  const ips = [...new Set(candidates.map((c) => c.sourceIp).filter((ip): ip is string => ip !== null))];
+  const rules = await rulesForIps(db, ips);
+  const prot = ctx.protectedNets();
+  const host = ctx.config.host;
+  const out = new Map<string, SourceVerdict>();
+  for (const ip of ips) {
+    const r = parseIp(ip);
+    if (!r.ok) continue;
+    // Rules scoped to another mail server do not apply here (rulesContaining's condition).
+    const mine = (rules.get(ip) ?? []).filter((x) => x.host === null || x.host === host);
+    const d = decide(r.net, mine, prot);
+    out.set(ip, { decision: d.decision, protected: d.protected, rule: d.rule ? { cidr: d.rule.cidr, source: d.rule.source } : null });
+  }
+  return out;
+}
+
+/** Why a fresh read does not allow removing the chosen message, or null. */
+function freshProblem(c: Candidate, m: QueuedMessage): string | null {
+  if (m.line1 !== c.line1) return 'replaced';
+  if (m.state === 'in-flight-intd' || m.state === 'in-flight-mess-only') return 'in-flight';
+  if (m.origin.sourceIp !== c.sourceIp) return 'changed';
+  return null;
+}
+
+function skip(summary: PurgeSummary, why: string): void {
+  summary.skipped++;
+  summary.skippedWhy[why] = (summary.skippedWhy[why] ?? 0) + 1;
+}
+
+function dryRunList(layout: QueueLayout, chosen: readonly Chosen<Candidate>[], summary: PurgeSummary): PlannedRemoval[] {
+  const out: PlannedRemoval[] = [];
+  for (const c of chosen) {
+    const r = readMessage(layout, c.record.id);
+    if (r.status !== 'ok') {
+      skip(summary, r.status === 'vanished' ? 'gone' : 'unreadable');
+      continue;
+    }
+    const p = freshProblem(c.record, r.message);
+    if (p) {
+      skip(summary, p);
+      continue;
+    }
+    out.push({
+      id: c.record.id,
+      sourceIp: c.record.sourceIp,
+      sender: r.message.sender,
+      kind: c.record.kind,
+      policy: c.basis,
+      reason: c.reason,
+      arrival: c.record.arrival.toISOString(),
+    });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Stopping qmail-send and holding its lock
+
+interface Gate {
+  /** We stopped qmail-send (this run or a killed earlier one) and start it on release. */
+  stopped: boolean;
+  release(ctx: RunContext): Promise<void>;
+}
+
+function commandArgv(line: string, key: string): string[] {
+  let argv: string[];
+  try {
+    argv = splitCommand(line);
+  } catch (err) {
+    throw new PermanentError(`${key}: ${errorText(err)}`);
+  }
+  if (argv.length === 0) throw new PermanentError(`${key} is empty`);
+  return argv;
+}
+
+async function runControl(ctx: RunContext, line: string, key: string): Promise<void> {
+  const argv = commandArgv(line, key);
+  ctx.log.info(`running ${key}: ${line}`);
+  await runProgram(argv[0], argv.slice(1), { timeoutMs: 120_000 });
+}
+
+async function startQmail(ctx: RunContext, marker: string): Promise<void> {
+  try {
+    await runControl(ctx, ctx.config.qmailStart, 'QGUARD_QMAIL_START');
+  } catch (err) {
+    throw new TemporaryError(`unable to start qmail-send again (${errorText(err)}): run \`${ctx.config.qmailStart}\` by hand`);
+  }
+  fs.rmSync(marker, { force: true });
+}
+
+/** Nothing to remove, but a killed run left qmail-send stopped: start it. */
+async function owedOnly(marker: string): Promise<Gate> {
+  return {
+    stopped: true,
+    async release(ctx) {
+      await startQmail(ctx, marker);
+    },
+  };
+}
+
+/**
+ * Make sure qmail-send is not running and hold queue/lock/sendmutex: free → take it; held →
+ * stop qmail-send and wait for it. Throws TemporaryError (exit 111) when the lock cannot be
+ * had, after starting again what it stopped.
+ */
+async function stopAndLock(ctx: RunContext, layout: QueueLayout, waitSeconds: number, marker: string, owed: boolean): Promise<Gate> {
+  const mutex = path.join(layout.dir, 'lock', 'sendmutex');
+  let lock: FileLock | null = await lockFile(mutex, { waitSeconds: 0, create: false });
+  let stopped = false;
+  if (!lock) {
+    // The marker first: if we are killed from here on, the next run starts qmail-send again.
+    writeFileAtomic(marker, `${new Date().toISOString()} ${ctx.config.qmailStop}\n`, { mode: 0o600 });
+    try {
+      await runControl(ctx, ctx.config.qmailStop, 'QGUARD_QMAIL_STOP');
+    } catch (err) {
+      if (!owed) fs.rmSync(marker, { force: true });
+      if (err instanceof PermanentError) throw err;
+      throw new TemporaryError(`unable to stop qmail-send: ${errorText(err)}: nothing removed`);
+    }
+    stopped = true;
+    ctx.log.info(`waiting up to ${formatDuration(waitSeconds)} for qmail-send to release ${mutex}`);
+    lock = await lockFile(mutex, { waitSeconds, create: false });
+    if (!lock) {
+      let also = '';
+      try {
+        await startQmail(ctx, marker);
+      } catch (err) {
+        also = `; ${errorText(err)}`;
+      }
+      throw new TemporaryError(
+        `qmail-send still holds ${mutex} ${formatDuration(waitSeconds)} after \`${ctx.config.qmailStop}\`: nothing removed${also}`,
+      );
+    }
+  }
+  const held = lock;
+  return {
+    stopped: stopped || owed,
+    async release(c) {
+      held.release();
+      if (stopped || owed) await startQmail(c, marker);
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Repair
+
+/** Delete quarantine directories no row knows: written by a run killed before its commit. */
+async function dropUncommitted(ctx: RunContext, db: Queryable, qdir: string): Promise<void> {
+  const { ids, partial } = listEntries(qdir);
+  for (const p of partial) removeEntry(p);
+  if (ids.length === 0) return;
+  const known = await existingIds(db, ids);
+  for (const id of ids) {
+    if (known.has(id)) continue;
+    ctx.log.info(`removing uncommitted quarantine entry ${id} (its message never left the queue)`);
+    removeEntry(path.join(qdir, String(id)));
+  }
+}
+
+/** Finish the removals a killed run left in state 'removing'. Returns how many. */
+async function repair(ctx: RunContext, db: Queryable, layout: QueueLayout, rows: Awaited<ReturnType<typeof rowsInState>>): Promise<number> {
+  const done: number[] = [];
+  const lost: number[] = [];
+  const touched = new Set<string>();
+  for (const row of rows) {
+    if (!entryComplete(row.path)) {
+      // Somebody deleted the copy: do not take more of the message out of the queue.
+      ctx.log.warn(`quarantine entry ${row.id} (queue id ${row.queueId}) is missing from ${row.path}: its message is left as it is in the queue`);
+      lost.push(row.id);
+      continue;
+    }
+    const r = readMessage(layout, row.queueId);
+    // mess/N goes last: when it is gone, so is everything else of the message; when line 1
+    // differs, id N now belongs to a new message and ours is gone.
+    if (r.status === 'ok' && r.message.line1 === row.line1) {
+      const files = removeMessageFiles(layout, row.queueId, touched);
+      ctx.log.info(`finished removing ${row.queueId} (quarantine ${row.id}): ${files.join(' ') || 'nothing left'}`);
+    } else if (r.status === 'unreadable' || r.status === 'unstable') {
+      throw new TemporaryError(`cannot finish removing ${row.queueId} (quarantine ${row.id}): ${r.status === 'unreadable' ? r.error : 'it keeps changing'}`);
+    }
+    done.push(row.id);
+  }
+  await syncPaths([...touched]);
+  await markRemoved(db, done);
+  if (lost.length) await deleteRows(db, lost);
+  return done.length;
+}
+
+// ---------------------------------------------------------------------------------------
+// Apply
+
+function readVirtualDomains(ctx: RunContext): VirtualDomains {
+  const file = path.join(ctx.config.controlDir, 'virtualdomains');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+    throw new TemporaryError(`unable to read ${file}: ${errorText(err)}`);
+  }
+  const r = parseVirtualDomains(text);
+  for (const p of r.problems) ctx.log.warn(`${file}: ${p}`);
+  return r.map;
+}
+
+interface Staged {
+  qid: number;
+  choice: Chosen<Candidate>;
+  message: QueuedMessage;
+  entry: WrittenEntry;
+  row: NewQuarantineRow;
+}
+
+async function removeAll(
+  ctx: RunContext,
+  db: Queryable,
+  layout: QueueLayout,
+  qdir: string,
+  chosen: readonly Chosen<Candidate>[],
+  summary: PurgeSummary,
+): Promise<void> {
+  const vdoms = readVirtualDomains(ctx);
+  const who = currentActor('purge-queue');
+  for (let i = 0; i < chosen.length; i += PURGE_BATCH) {
+    const batch = chosen.slice(i, i + PURGE_BATCH);
+    const qids = await allocateIds(db, batch.length);
+    const staged: Staged[] = [];
+    batch.forEach((choice, k) => {
+      const s = stage(ctx, layout, qdir, choice, qids[k], vdoms, who, summary);
+      if (s) staged.push(s);
+    });
+    if (staged.length === 0) continue;
+    // Barrier 1: the copies are durable before any row says they exist.
+    await syncPaths([qdir], staged.flatMap((s) => [...s.entry.files, s.entry.path]));
+    await insertRemoving(
+      db,
+      staged.map((s) => s.row),
+    );
+    summary.quarantined += staged.length;
+    const touched = new Set<string>();
+    for (const s of staged) {
+      const files = removeMessageFiles(layout, s.message.id, touched);
+      ctx.log.info(
+        `removed ${s.message.id} from ${s.choice.record.sourceIp ?? '-'} <${s.message.sender ?? ''}>: ${s.choice.reason} ` +
+          `(quarantine ${s.qid}; ${files.length} files)`,
+      );
+    }
+    // Barrier 2: the unlinks are durable before the rows say the messages are gone.
+    await syncPaths([...touched]);
+    await markRemoved(
+      db,
+      staged.map((s) => s.qid),
+    );
+    const rowIds = staged.map((s) => s.choice.record.rowId).filter((x): x is number => x !== null);
+    if (rowIds.length) await markGone(db, rowIds);
+    summary.removed += staged.length;
+  }
+}
+
+/** Fresh read, identity check, quarantine entry written (not yet durable). Null = skipped. */
+function stage(
+  ctx: RunContext,
+  layout: QueueLayout,
+  qdir: string,
+  choice: Chosen<Candidate>,
+  qid: number,
+  vdoms: VirtualDomains,
+  who: string,
+  summary: PurgeSummary,
+): Staged | null {
+  const c = choice.record;
+  const r = readMessage(layout, c.id);
+  if (r.status !== 'ok') {
+    if (r.status === 'unreadable') ctx.log.warn(`${c.id}: ${r.error}: not removed`);
+    skip(summary, r.status === 'vanished' ? 'gone' : 'unreadable');
+    return null;
+  }
+  const m = r.message;
+  const problem = freshProblem(c, m);
+  if (problem) {
+    ctx.log.info(`${c.id}: not removed: ${problem === 'replaced' ? 'a new message now has this id' : problem}`);
+    skip(summary, problem);
+    return null;
+  }
+  const sender = m.sender ?? '';
+  const pending = m.recipients.filter((x) => !x.done).map((x) => (x.queue === 'local' ? stripVdomPrepend(x.address, vdoms) : x.address));
+  const env = renderQmailQueueEnvelope({ sender, recipients: pending });
+  if (!env.ok) {
+    ctx.log.warn(`${c.id}: not removed: its envelope could not be restored through qmail-queue: ${env.error}`);
+    skip(summary, 'envelope');
+    return null;
+  }
+  const purgedAt = new Date();
+  const meta: QuarantineMeta = {
+    version: 1,
+    id: qid,
+    host: ctx.config.host,
+    queueId: m.id,
+    line1: m.line1,
+    birth: m.birth ? m.birth.toISOString() : null,
+    arrival: m.arrival.toISOString(),
+    queueState: m.state,
+    kind: c.kind,
+    forwarded: m.origin.forwarded,
+    sourceIp: m.origin.sourceIp,
+    sourceRecorded: m.origin.sourceIpRecorded,
+    sender,
+    recipients: m.recipients.map((x) => ({ address: x.address, queue: x.queue, done: x.done })),
+    envelopeRecipients: pending,
+    bounceReport: m.bounceReport ? m.bounceReport.map((b) => `<${b.address}>:\n${b.reason}\n`).join('\n') : null,
+    subject: m.origin.subject,
+    size: m.size,
+    policy: choice.basis,
+    reason: choice.reason,
+    who,
+    purgedAt: purgedAt.toISOString(),
+    files: m.files,
+    queueDir: layout.dir,
+  };
+  let entry: WrittenEntry;
+  try {
+    entry = writeEntry(qdir, qid, { messFrom: m.paths.mess!, envelope: env.bytes, meta });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      skip(summary, 'gone');
+      return null;
+    }
+    throw err;
+  }
+  const all = m.recipients.map((x) => x.address);
+  return {
+    qid,
+    choice,
+    message: m,
+    entry,
+    row: {
+      id: qid,
+      host: ctx.config.host,
+      queueId: m.id,
+      line1: m.line1,
+      birth: m.birth,
+      arrival: m.arrival,
+      queueState: m.state,
+      kind: c.kind,
+      forwarded: m.origin.forwarded,
+      sourceIp: m.origin.sourceIp,
+      sender,
+      recipients: all,
+      pending,
+      rcptCount: all.length,
+      pendingCount: pending.length,
+      subject: m.origin.subject,
+      size: m.size,
+      policy: choice.basis,
+      reason: choice.reason,
+      who,
+      path: entry.path,
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Retention
+
+/**
+ * Drop this host's quarantine entries purged longer than `seconds` ago: rows first (a
+ * directory without a row is removed by the next run), then their directories.
+ */
+export async function pruneQuarantine(db: Queryable, host: string, seconds: number): Promise<number> {
+  const old = await expiredRows(db, host, seconds);
+  if (old.length === 0) return 0;
+  await deleteRows(
+    db,
+    old.map((o) => o.id),
+  );
+  for (const o of old) removeEntry(o.path);
+  return old.length;
+}
+
