@@ -4,10 +4,10 @@
 //   check  (every run, cheap): the change counter, the next expiry, a hash of the config and
 //          the static file, and the stat of every file we wrote, against a small state file in
 //          $QGUARD_STATE_DIR. All equal: nothing else happens (no rules read, no tcprules).
-//   plan   read the rules in one snapshot (the IPv4 rules as one aggregated text of integers:
-//          no row object per rule; measured faster than COPY, whose per-row messages cost more
-//          in node than the query), compute the keys (lib/net/tcprules-keys.ts), render the
-//          text, the rcpthosts files and the firewall input.
+//   plan   read the rules in one snapshot (the IPv4 rules as one aggregated binary value of
+//          integers: no row object per rule; measured faster than COPY, whose per-row messages
+//          cost more in node than the query), compute the keys (lib/net/tcprules-keys.ts),
+//          render the text, the rcpthosts files and the firewall input.
 //   guard  refuse to publish a rule set that drops more than half of the deny keys (and more
 //          than 100) unless --force: an emptied table must not open the server to every spammer.
 //   apply  tcprules into a temp cdb, ask tcprulescheck about a few addresses of every outcome,
@@ -45,7 +45,7 @@ import {
   parseInstruction,
   parseRulesText,
   refusesClient,
-  renderRulesText,
+  renderRulesBuffer,
   staticKeys,
 } from '../qmail/tcprules-file.js';
 import { renderRcpthosts } from '../qmail/rcpthosts.js';
@@ -164,6 +164,7 @@ function readState(file: string): SyncState | null {
 
 function writeState(file: string, state: SyncState): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
+  removeStaleTemps(file);
   writeFileAtomic(file, `${JSON.stringify(state)}\n`, { mode: 0o644 });
 }
 
@@ -251,29 +252,18 @@ function configHash(ctx: RunContext, staticHash: string, outcomes: Outcomes, pro
 // ---------------------------------------------------------------------------------------
 // Reading the rules: one snapshot, integers only for IPv4.
 
-/** Parses decimal integers, one per line, into a growable Float64Array (no object per rule). */
+/** Rule sort keys in a growable Float64Array (no object per rule). */
 class KeyReader {
-  keys = new Float64Array(1 << 16);
+  keys = new Float64Array(0);
   n = 0;
-  feed(text: string): void {
-    let v = 0;
-    let digits = false;
-    for (let i = 0; i <= text.length; i++) {
-      const c = i < text.length ? text.charCodeAt(i) : 10;
-      if (c >= 48 && c <= 57) {
-        v = v * 10 + (c - 48);
-        digits = true;
-      } else if (c === 10 && digits) {
-        if (this.n === this.keys.length) {
-          const bigger = new Float64Array(this.keys.length * 2);
-          bigger.set(this.keys);
-          this.keys = bigger;
-        }
-        this.keys[this.n++] = v;
-        v = 0;
-        digits = false;
-      }
-    }
+  /** Big-endian 8-byte integers (int8send), each below 2^53. */
+  feedBinary(bytes: Uint8Array): void {
+    const n = bytes.length >>> 3;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, n * 8);
+    const keys = new Float64Array(n);
+    for (let i = 0; i < n; i++) keys[i] = view.getUint32(i * 8) * 4294967296 + view.getUint32(i * 8 + 4);
+    this.keys = keys;
+    this.n = n;
   }
 }
 
@@ -288,16 +278,18 @@ interface Snapshot {
 }
 
 /**
- * The IPv4 rules of this host as one text value of sort keys (lib/net/tcprules-keys.ts computes
- * the same formula): a million rules cost one string, not a million rows or COPY messages.
+ * The IPv4 rules of this host as one binary value of 8-byte sort keys (lib/net/tcprules-keys.ts
+ * computes the same formula): a million rules cost one 8 MB value, not a million rows, COPY
+ * messages or decimal texts to parse.
  */
 async function readV4(tx: Queryable, host: string, reader: KeyReader): Promise<void> {
-  const r = await tx.query<{ s: string | null }>(
-    `SELECT string_agg((${SQL_SORT_KEY})::text, E'\\n') AS s FROM qguard.live_rules
+  const r = await tx.query<{ b: Uint8Array | null }>(
+    `SELECT string_agg(int8send(${SQL_SORT_KEY}), ''::bytea) AS b FROM qguard.live_rules
       WHERE family(network) = 4 AND (host IS NULL OR host = $1)`,
     [host],
   );
-  reader.feed(r.rows[0]?.s ?? '');
+  const b = r.rows[0]?.b;
+  if (b) reader.feedBinary(b);
 }
 
 async function readSnapshot(db: Db, host: string, wantDomains: boolean): Promise<Snapshot> {
@@ -346,7 +338,7 @@ function policyRules(s: Snapshot): PolicyRule[] {
 // Plan.
 
 interface Plan {
-  text: string;
+  text: Buffer;
   hash: string;
   keys: number;
   denyKeys: number;
@@ -393,7 +385,7 @@ function makePlan(ctx: RunContext, snap: Snapshot, stat: StaticFile, outcomes: O
   let keys = 0;
   for (const n of plan.keysByClass.values()) keys += n;
   const denyKeys = snap.denyKeys;
-  const text = renderRulesText({
+  const text = renderRulesBuffer({
     staticFile: ctx.config.rulesStatic,
     staticText: stat.text,
     lines: plan.lines,
@@ -496,7 +488,7 @@ function isExecutable(file: string): boolean {
 }
 
 /** Unified diff of two texts through diff(1), for --dry-run. */
-async function unifiedDiff(label: string, oldFile: string, newText: string): Promise<string> {
+async function unifiedDiff(label: string, oldFile: string, newText: string | Buffer): Promise<string> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qguard-diff-'));
   try {
     const nf = path.join(dir, 'new');
@@ -587,9 +579,17 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
 
   // ---- plan
   const sf = loadStatic();
+  let mark = elapsed();
+  const phase = (what: string) => {
+    const now = elapsed();
+    log.info(`${what} in ${now - mark} ms`);
+    mark = now;
+  };
   const snap = await readSnapshot(db, c.host, c.manageRcpthosts);
+  phase(`read ${snap.v4Count} IPv4 and ${snap.v6.length} IPv6 rules (change ${snap.changeSeq})`);
   const splitMore = isExecutable(c.qmailNewmrh);
   const p = makePlan(ctx, snap, sf, outcomes, prot, splitMore);
+  phase(`planned ${p.keys} keys, ${p.text.length} bytes`);
 
   // ---- diff against what is on disk
   const wasComplete = state?.complete ?? false;
@@ -709,6 +709,7 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
   }
   if (buildCdb) {
     await publishRules(ctx, t, p, writeText);
+    phase('compiled, checked and installed the cdb');
     if (writeText) wrote.push(t.rules);
     wrote.push(t.cdb);
     log.info(`wrote ${t.rules} and ${t.cdb}: ${p.keys} keys (${p.denyKeys} deny) for ${snap.counts.relay} relay, ${snap.counts.trust} trust, ${snap.counts.deny} deny rules`);
@@ -831,9 +832,15 @@ async function watch(ctx: RunContext, opts: SyncOptions): Promise<void> {
         if (r.summary.changed) ctx.log.info(`applied change ${r.summary.changeSeq} in ${r.summary.durationMs} ms`);
       } catch (err) {
         if (lost) throw lost;
-        if (!(err instanceof PermanentError || err instanceof TemporaryError)) throw err;
-        ctx.log.warn(`${err.message} (retrying)`);
-        retryMs = 10_000;
+        if (err instanceof PermanentError) {
+          // Refused (a guard, a broken static file): retrying the same input will not help.
+          ctx.log.warn(`${err.message} (waiting for the next change)`);
+        } else if (err instanceof TemporaryError) {
+          ctx.log.warn(`${err.message} (retrying in 10 s)`);
+          retryMs = 10_000;
+        } else {
+          throw err;
+        }
       }
       if (lost) throw lost;
       if (stopping) break;

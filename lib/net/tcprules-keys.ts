@@ -71,7 +71,7 @@ export interface StaticKey {
 }
 
 export interface KeyPlanInput {
-  /** Sort keys of the rules (ruleSortKey); only the first `ruleCount` are used. Not modified. */
+  /** Sort keys of the rules (ruleSortKey); only the first `ruleCount` are used; may be sorted in place. */
   rules: Float64Array;
   ruleCount: number;
   /** Outcome class of each action code: [relay, trust, deny]. */
@@ -204,9 +204,10 @@ interface Entries {
 
 /**
  * Paint nested CIDRs (sorted by address, then prefix, then order): inner ones override outer
- * ones; for the same network the first (strongest) counts. Returns non-default segments.
+ * ones; for the same network the first (strongest) counts. The result covers every address:
+ * gaps get `gapCls`.
  */
-function paint(e: Entries, skip: (cls: number) => boolean): SegmentBuilder {
+function paint(e: Entries, skip: ((cls: number) => boolean) | null, gapCls: number): SegmentBuilder {
   // n nested networks make at most 2n + 1 segments.
   const out = new SegmentBuilder(2 * e.n + 16);
   const stackLast: number[] = [];
@@ -220,11 +221,11 @@ function paint(e: Entries, skip: (cls: number) => boolean): SegmentBuilder {
     const rest = k - addr * SORT_ADDR_MUL;
     const prefix = Math.floor(rest / SORT_PREFIX_MUL);
     const cls = e.classOf(rest - prefix * SORT_PREFIX_MUL);
-    if (skip(cls)) continue;
+    if (skip !== null && skip(cls)) continue;
     if (addr === prevAddr && prefix === prevPrefix) continue; // a weaker entry for the same network
     prevAddr = addr;
     prevPrefix = prefix;
-    const last = addr + blockSize(prefix) - 1;
+    const last = addr + BLOCK_SIZE[prefix] - 1;
     while (stackLast.length > 0 && stackLast[stackLast.length - 1] < addr) {
       const top = stackLast.length - 1;
       out.push(cursor, stackLast[top], stackCls[top]);
@@ -232,7 +233,7 @@ function paint(e: Entries, skip: (cls: number) => boolean): SegmentBuilder {
       stackLast.pop();
       stackCls.pop();
     }
-    if (stackLast.length > 0) out.push(cursor, addr - 1, stackCls[stackCls.length - 1]);
+    out.push(cursor, addr - 1, stackLast.length > 0 ? stackCls[stackCls.length - 1] : gapCls);
     cursor = addr;
     stackLast.push(last);
     stackCls.push(cls);
@@ -244,10 +245,11 @@ function paint(e: Entries, skip: (cls: number) => boolean): SegmentBuilder {
     stackLast.pop();
     stackCls.pop();
   }
+  out.push(cursor, SPACE_END, gapCls);
   return out;
 }
 
-/** The non-default segments of `s` clipped to [first, last] (binary search). */
+/** The segments of `s` clipped to [first, last] (binary search). */
 function clip(s: SegmentBuilder, first: number, last: number, into: SegmentBuilder): void {
   let lo = 0;
   let hi = s.length;
@@ -272,64 +274,73 @@ function mergedRanges(ranges: readonly { first: number; last: number }[]): { fir
   return out;
 }
 
+/** True when a segment of a deny-like class overlaps a protected range. */
+function denyTouchesProtected(seg: SegmentBuilder, prot: { first: number; last: number }[], denyLike: ReadonlySet<number>): boolean {
+  for (const p of prot) {
+    let lo = 0;
+    let hi = seg.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (seg.end[mid] < p.first) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < seg.length && seg.start[i] <= p.last; i++) if (denyLike.has(seg.cls[i])) return true;
+  }
+  return false;
+}
+
 /**
- * The decision for every IPv4 address as segments covering the whole space (gaps filled with
- * the default class). Equals decide() over the rules plus the static keys as rules.
+ * The decision for every IPv4 address as segments covering the whole space (gaps are the
+ * default class). Equals decide() over the rules plus the static keys as rules. Sorts
+ * `input.rules` in place when there are no static keys (it is only read otherwise).
  */
 export function decisionSegments(input: KeyPlanInput): Segments {
   const m = input.statics.length;
   if (m > STATIC_MAX) throw new Error(`more than ${STATIC_MAX} static address keys`);
   const n = input.ruleCount + m;
-  const keys = new Float64Array(n);
-  keys.set(input.rules.subarray(0, input.ruleCount));
-  input.statics.forEach((s, i) => {
-    keys[input.ruleCount + i] = s.first * SORT_ADDR_MUL + s.gran * SORT_PREFIX_MUL + i;
-  });
+  let keys: Float64Array;
+  if (m === 0) {
+    keys = input.rules.subarray(0, n);
+  } else {
+    keys = new Float64Array(n);
+    keys.set(input.rules.subarray(0, input.ruleCount));
+    input.statics.forEach((s, i) => {
+      keys[input.ruleCount + i] = s.first * SORT_ADDR_MUL + s.gran * SORT_PREFIX_MUL + i;
+    });
+  }
   keys.sort();
   const entries: Entries = {
     keys,
     n,
     classOf: (order) => (order < STATIC_MAX ? input.statics[order].cls : input.actionClass[order - STATIC_MAX]),
   };
-  const full = paint(entries, () => false);
-  let painted = full;
+  const full = paint(entries, null, input.defaultClass);
   const prot = mergedRanges(input.protectedRanges);
-  if (prot.length > 0 && input.denyLike.size > 0) {
-    // Inside protected ranges the deny-like entries do not count: the best remaining one decides.
-    let noDeny: SegmentBuilder | null = null;
-    painted = new SegmentBuilder(full.length + 4 * prot.length + 16);
-    let p = 0;
-    for (let i = 0; i < full.length; i++) {
-      const first = full.start[i];
-      const last = full.end[i];
-      const cls = full.cls[i];
-      if (!input.denyLike.has(cls)) {
-        painted.push(first, last, cls);
-        continue;
-      }
-      while (p < prot.length && prot[p].last < first) p++;
-      let cursor = first;
-      for (let q = p; q < prot.length && prot[q].first <= last; q++) {
-        const a = Math.max(prot[q].first, cursor);
-        const b = Math.min(prot[q].last, last);
-        if (a > b) continue;
-        painted.push(cursor, a - 1, cls);
-        noDeny ??= paint(entries, (c) => input.denyLike.has(c));
-        clip(noDeny, a, b, painted);
-        cursor = b + 1;
-      }
-      painted.push(cursor, last, cls);
+  if (prot.length === 0 || !denyTouchesProtected(full, prot, input.denyLike)) return full.done();
+  // Inside protected ranges the deny-like entries do not count: the best remaining one decides.
+  const noDeny = paint(entries, (c) => input.denyLike.has(c), input.defaultClass);
+  const out = new SegmentBuilder(full.length + 4 * prot.length + 16);
+  let p = 0;
+  for (let i = 0; i < full.length; i++) {
+    const first = full.start[i];
+    const last = full.end[i];
+    const cls = full.cls[i];
+    if (!input.denyLike.has(cls)) {
+      out.push(first, last, cls);
+      continue;
     }
+    while (p < prot.length && prot[p].last < first) p++;
+    let cursor = first;
+    for (let q = p; q < prot.length && prot[q].first <= last; q++) {
+      const a = Math.max(prot[q].first, cursor);
+      const b = Math.min(prot[q].last, last);
+      if (a > b) continue;
+      out.push(cursor, a - 1, cls);
+      clip(noDeny, a, b, out);
+      cursor = b + 1;
+    }
+    out.push(cursor, last, cls);
   }
-  // Fill the gaps with the default class.
-  const out = new SegmentBuilder(2 * painted.length + 16);
-  let cursor = 0;
-  for (let i = 0; i < painted.length; i++) {
-    out.push(cursor, painted.start[i] - 1, input.defaultClass);
-    out.push(painted.start[i], painted.end[i], painted.cls[i]);
-    cursor = painted.end[i] + 1;
-  }
-  out.push(cursor, SPACE_END, input.defaultClass);
   return out.done();
 }
 
@@ -467,7 +478,7 @@ export function planKeys(input: KeyPlanInput): KeyPlan {
       } else {
         let j = i;
         while (segEnd[j] < childEnd) j++;
-        node(pos, cg, b, i, j + 1, statics.at(cg, pos));
+        node(pos, cg, b, i, j + 1, hasStatics ? statics.at(cg, pos) : undefined);
         pos = childEnd + 1;
       }
     }

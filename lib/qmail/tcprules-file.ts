@@ -8,7 +8,6 @@
 // `=.domain` or `user@` keys: all of those are chosen by the client). Pure: no I/O.
 
 import type { Gran, KeyLines, StaticKey } from '../net/tcprules-keys.js';
-import { keyText } from '../net/tcprules-keys.js';
 
 /** One `,NAME=<d>value<d>` item. */
 export interface EnvVar {
@@ -359,33 +358,55 @@ export interface RulesTextParts {
   counts: { keys: number; relay: number; trust: number; deny: number };
 }
 
+// Decimal digits of 0..255 as bytes, for writing keys without making a string per line.
+const OCTET_BYTES: readonly Buffer[] = Array.from({ length: 256 }, (_, i) => Buffer.from(String(i), 'latin1'));
+const DOT = 46;
+const DASH = 45;
+
+/** Write the generated key lines into one buffer: a million lines, no string per line. */
+function renderKeyLines(lines: KeyLines, classText: readonly string[]): Buffer {
+  const suffix = classText.map((t) => Buffer.from(`:${t}\n`, 'utf8'));
+  const longestSuffix = Math.max(1, ...suffix.map((b) => b.length));
+  // The longest key: 255.255.255.255-255 (19 bytes).
+  const out = Buffer.allocUnsafe(lines.length * (20 + longestSuffix));
+  let at = 0;
+  const put = (b: Buffer) => {
+    for (let k = 0; k < b.length; k++) out[at++] = b[k];
+  };
+  const { first, gran, count, cls } = lines;
+  for (let i = 0; i < lines.length; i++) {
+    const f = first[i];
+    const parts = gran[i] >> 3;
+    const o0 = Math.floor(f / 16777216);
+    const oct = [o0, (f >>> 16) & 255, (f >>> 8) & 255, f & 255];
+    for (let q = 0; q < parts; q++) {
+      put(OCTET_BYTES[oct[q]]);
+      if (q === parts - 1 && count[i] > 1) {
+        out[at++] = DASH;
+        put(OCTET_BYTES[oct[q] + count[i] - 1]);
+      }
+      if (q < 3) out[at++] = DOT;
+    }
+    put(suffix[cls[i]]);
+  }
+  return out.subarray(0, at);
+}
+
+/** The whole tcp.smtp: header, static file, generated keys, default line (as bytes). */
+export function renderRulesBuffer(p: RulesTextParts): Buffer {
+  let head = rulesHeader(p.staticFile);
+  if (p.staticText !== '') {
+    head += `# ---- static rules (${p.staticFile.replace(/[\r\n]/g, '?')}) ----\n`;
+    head += p.staticText.endsWith('\n') ? p.staticText : `${p.staticText}\n`;
+  }
+  head += `# ---- generated: ${p.counts.keys} keys for ${p.counts.relay} relay, ${p.counts.trust} trust, ${p.counts.deny} deny rules ----\n`;
+  let tail = '# ---- default ----\n';
+  tail +=
+    p.staticDefaultLine !== null ? `# the default rule is line ${p.staticDefaultLine} of the static file\n` : `:${p.defaultInstruction}\n`;
+  return Buffer.concat([Buffer.from(head, 'utf8'), renderKeyLines(p.lines, p.classText), Buffer.from(tail, 'utf8')]);
+}
+
 /** The whole tcp.smtp text: header, static file, generated keys, default line. */
 export function renderRulesText(p: RulesTextParts): string {
-  const chunks: string[] = [rulesHeader(p.staticFile)];
-  if (p.staticText !== '') {
-    chunks.push(`# ---- static rules (${p.staticFile.replace(/[\r\n]/g, '?')}) ----\n`);
-    chunks.push(p.staticText.endsWith('\n') ? p.staticText : `${p.staticText}\n`);
-  }
-  chunks.push(
-    `# ---- generated: ${p.counts.keys} keys for ${p.counts.relay} relay, ${p.counts.trust} trust, ${p.counts.deny} deny rules ----\n`,
-  );
-  // Render in batches: a million lines as one string array would cost more than the joins.
-  const { first, gran, count, cls } = p.lines;
-  const suffix = p.classText.map((t) => `:${t}\n`);
-  let batch = '';
-  for (let i = 0; i < first.length; i++) {
-    batch += keyText(first[i], gran[i], count[i]) + suffix[cls[i]];
-    if (batch.length > 1 << 20) {
-      chunks.push(batch);
-      batch = '';
-    }
-  }
-  chunks.push(batch);
-  chunks.push('# ---- default ----\n');
-  if (p.staticDefaultLine !== null) {
-    chunks.push(`# the default rule is line ${p.staticDefaultLine} of the static file\n`);
-  } else {
-    chunks.push(`:${p.defaultInstruction}\n`);
-  }
-  return chunks.join('');
+  return renderRulesBuffer(p).toString('utf8');
 }
