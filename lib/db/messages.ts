@@ -11,7 +11,7 @@ import type { MessageKind } from '../qmail/received.js';
 /** Recipients kept per message (the counts stay exact): enough to review, bounded in size. */
 export const RECIPIENTS_KEPT = 1000;
 /** Rows per batched statement. */
-export const BATCH = 5000;
+export const BATCH = 2000;
 
 /** The per-host state of the last scan. */
 export interface ScanState {
@@ -129,8 +129,14 @@ function envelopeColumns(e: EnvelopeState) {
 
 type Cell = string | number | boolean | null;
 
+/**
+ * A message reduced to the values it is recorded with (FULL_COLUMNS order): about a quarter
+ * of the memory of the QueuedMessage, which a batch need not keep while it waits.
+ */
+export type RecordRow = readonly Cell[];
+
 /** One message as the values of the batch columns, in FULL_COLUMNS order. */
-function messageRow(m: QueuedMessage): Cell[] {
+export function messageRow(m: QueuedMessage): RecordRow {
   const e = envelopeColumns(m);
   const o = m.origin;
   return [
@@ -162,11 +168,10 @@ function messageRow(m: QueuedMessage): Cell[] {
   ];
 }
 
-/** Column arrays (for unnest) of a batch of fully read messages. */
-function fullColumns(msgs: readonly QueuedMessage[]): Cell[][] {
+/** Column arrays (for unnest) of a batch of rows. */
+function fullColumns(rows: readonly RecordRow[]): Cell[][] {
   const cols: Cell[][] = Array.from({ length: 25 }, () => []);
-  for (const m of msgs) {
-    const row = messageRow(m);
+  for (const row of rows) {
     for (let i = 0; i < row.length; i++) cols[i].push(row[i]);
   }
   return cols;
@@ -197,8 +202,8 @@ function fullUnnest(withRowIds: boolean): string {
     : `unnest(${FULL_TYPES}) AS u(${FULL_COLUMNS})`;
 }
 
-function fullParams(head: unknown, msgs: readonly QueuedMessage[]): unknown[] {
-  return [head, ...fullColumns(msgs).map(pgArrayLiteral)];
+function fullParams(head: unknown, rows: readonly RecordRow[]): unknown[] {
+  return [head, ...fullColumns(rows).map(pgArrayLiteral)];
 }
 
 /** One array element of a PostgreSQL array literal. */
@@ -206,7 +211,7 @@ function element(v: Cell): string {
   if (v === null) return 'NULL';
   if (typeof v === 'number') return String(v);
   if (typeof v === 'boolean') return v ? 't' : 'f';
-  return /["\\]/.test(v) ? `"${v.replace(/["\\]/g, (c) => `\\${c}`)}"` : `"${v}"`;
+  return v.indexOf('"') < 0 && v.indexOf('\\') < 0 ? `"${v}"` : `"${v.replace(/["\\]/g, (c) => `\\${c}`)}"`;
 }
 
 /**
@@ -252,21 +257,25 @@ function insertFrom(source: string, host: string): string {
  * Record newly found messages of `host`: one INSERT per batch (unnest of array parameters).
  * A row with the same identity (host, id, line 1) that was marked gone comes back to life.
  */
-export async function insertMessages(db: Queryable, host: string, msgs: readonly QueuedMessage[]): Promise<void> {
-  for (let i = 0; i < msgs.length; i += BATCH) {
-    await db.query(insertFrom(fullUnnest(false), '$1'), fullParams(host, msgs.slice(i, i + BATCH)));
+export async function insertMessages(db: Queryable, host: string, msgs: readonly (QueuedMessage | RecordRow)[]): Promise<void> {
+  const rows = msgs.map((m) => ('origin' in m ? messageRow(m) : m));
+  for (let i = 0; i < rows.length; i += BATCH) {
+    await db.query(insertFrom(fullUnnest(false), '$1'), fullParams(host, rows.slice(i, i + BATCH)));
   }
 }
 
 /** Rewrite rows (by row id) with a fresh full read of their message. */
-export async function updateMessages(db: Queryable, rows: readonly { rowId: number; message: QueuedMessage }[]): Promise<void> {
+export async function updateMessages(
+  db: Queryable,
+  rows: readonly { rowId: number; message: QueuedMessage | RecordRow }[],
+): Promise<void> {
   for (let i = 0; i < rows.length; i += BATCH) {
     const batch = rows.slice(i, i + BATCH);
     await db.query(
       `UPDATE qguard.messages m SET ${SET_FULL} FROM ${fullUnnest(true)} WHERE m.id = u.rid`,
       fullParams(
-        batch.map((r) => r.rowId),
-        batch.map((r) => r.message),
+        pgArrayLiteral(batch.map((r) => r.rowId)),
+        batch.map((r) => ('origin' in r.message ? messageRow(r.message) : r.message)),
       ),
     );
   }

@@ -327,13 +327,13 @@ export function statMessage(layout: QueueLayout, id: string, dirs: readonly Queu
 
 /** Change signature of a message's files: equal → nothing on disk changed. */
 export function messageSignature(stats: MessageStats): { sig: string; messSig: string } {
-  const parts: string[] = [];
-  for (const d of QUEUE_DIRS) {
-    const s = stats[d];
-    if (s) parts.push(`${d[0]}${d === 'remote' ? 'm' : ''}${s.ino}:${s.size}:${s.mtimeMs}`);
+  let sig = '';
+  for (let i = 0; i < QUEUE_DIRS.length; i++) {
+    const s = stats[QUEUE_DIRS[i]];
+    if (s) sig += `${i}${s.ino}:${s.size}:${s.mtimeMs} `;
   }
   const m = stats.mess;
-  return { sig: parts.join(' '), messSig: m ? `${m.ino}:${m.size}:${m.mtimeMs}:${m.ctimeMs}` : '' };
+  return { sig, messSig: m ? `${m.ino}:${m.size}:${m.mtimeMs}:${m.ctimeMs}` : '' };
 }
 
 /** A file of the message disappeared between our stat and our read: it moved on. */
@@ -434,10 +434,50 @@ export function readOrigin(
     const head = headScratch.toString('latin1', 0, n);
     const origin = parseOrigin(head, whole || atBound);
     if (!origin.needMore || whole || atBound) {
-      return { origin, line1: firstLine(head), headBytes: n, size: whole ? n : null };
+      return { origin: detach(origin), line1: own(firstLine(head)), headBytes: n, size: whole ? n : null };
     }
     want = Math.min(max, want * 4);
   }
+}
+
+/**
+ * A copy of a string that does not keep its parent alive. V8 makes substrings and regex
+ * captures as slices of the text they came from: a 40-byte host name would otherwise keep
+ * the whole 4-64 KiB head of its message in memory while the batch waits to be written.
+ */
+function own(s: string): string {
+  return s.length === 0 ? s : (` ${s}`).slice(1);
+}
+
+function ownOrNull(s: string | null): string | null {
+  return s === null ? null : own(s);
+}
+
+/** The origin with every string owned (see own()). */
+function detach(o: MessageOrigin): MessageOrigin {
+  const q = (l: MessageOrigin['queueLine']) => (l ? { ...l, text: own(l.text) } : null);
+  const queueLine = q(o.queueLine);
+  return {
+    ...o,
+    queueLine,
+    rootQueueLine: o.rootQueueLine === o.queueLine ? queueLine : q(o.rootQueueLine),
+    smtp: o.smtp
+      ? {
+          ...o.smtp,
+          text: own(o.smtp.text),
+          remoteHost: own(o.smtp.remoteHost),
+          helo: ownOrNull(o.smtp.helo),
+          remoteInfo: ownOrNull(o.smtp.remoteInfo),
+          ip: own(o.smtp.ip),
+          localHost: own(o.smtp.localHost),
+          protocol: own(o.smtp.protocol),
+        }
+      : null,
+    sourceIpRecorded: ownOrNull(o.sourceIpRecorded),
+    sourceIp: ownOrNull(o.sourceIp),
+    subject: ownOrNull(o.subject),
+    problems: o.problems.map(own),
+  };
 }
 
 function relFiles(layout: QueueLayout, id: string, stats: MessageStats) {

@@ -29,7 +29,9 @@ import { ruleRefusal } from '../policy/guards.js';
 import { upsertRule } from '../db/rules.js';
 import {
   BATCH,
+  type RecordRow,
   type StoredSignature,
+  messageRow,
   countLive,
   groupsWithFlatFiles,
   insertMessages,
@@ -48,7 +50,6 @@ import {
   type EnvelopeState,
   type QueueDirName,
   type QueueLayout,
-  type QueuedMessage,
   QueueChanged,
   dirSignature,
   flatDirs,
@@ -155,8 +156,8 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
  * is in flight; its failure surfaces at the next flush or at the end.
  */
 class Writer {
-  inserts: QueuedMessage[] = [];
-  updates: { rowId: number; message: QueuedMessage }[] = [];
+  inserts: RecordRow[] = [];
+  updates: { rowId: number; message: RecordRow }[] = [];
   envelopes: { rowId: number; envelope: EnvelopeState; sig: string }[] = [];
   gone: number[] = [];
   private inFlight: Promise<void> | null = null;
@@ -196,7 +197,7 @@ class Writer {
     if (p) await p;
   }
 
-  private async write(b: { inserts: QueuedMessage[]; updates: Writer['updates']; envelopes: Writer['envelopes']; gone: number[] }) {
+  private async write(b: { inserts: RecordRow[]; updates: Writer['updates']; envelopes: Writer['envelopes']; gone: number[] }) {
     if (b.inserts.length) await insertMessages(this.tx, this.host, b.inserts);
     if (b.updates.length) await updateMessages(this.tx, b.updates);
     if (b.envelopes.length) await updateEnvelopes(this.tx, b.envelopes);
@@ -405,11 +406,11 @@ async function scanInto(
       if (m.problems.length && !inFlight) odd(`${m.files[0]}: ${m.problems.join('; ')}`);
       const match = rows.find((r) => r.line1 === m.line1);
       if (match) {
-        buf.updates.push({ rowId: match.rowId, message: m });
+        buf.updates.push({ rowId: match.rowId, message: messageRow(m) });
         keep.add(match.rowId);
         summary.updated++;
       } else {
-        buf.inserts.push(m);
+        buf.inserts.push(messageRow(m));
         summary.new++;
       }
       t0 = performance.now();

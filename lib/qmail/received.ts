@@ -94,6 +94,20 @@ const MONTHS: Record<string, number> = {
 
 /** qmail's date822fmt: `28 Nov 2026 00:22:16 -0000` (no weekday). Null when not that. */
 export function parseQmailDate(text: string): Date | null {
+  // Queued messages share their seconds: a small cache saves a regex and a Date per message.
+  const hit = dateCache.get(text);
+  if (hit !== undefined) return hit === null ? null : new Date(hit);
+  const d = parseDateText(text);
+  if (dateCache.size >= CACHE_MAX) dateCache.clear();
+  dateCache.set(text, d ? d.getTime() : null);
+  return d;
+}
+
+const CACHE_MAX = 10_000;
+const dateCache = new Map<string, number | null>();
+const ipCache = new Map<string, string | null>();
+
+function parseDateText(text: string): Date | null {
   const m = /^\s*(?:[A-Za-z]{3}, )?(\d{1,2}) ([A-Z][a-z]{2}) (\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})\s*$/.exec(text);
   if (!m || MONTHS[m[2]] === undefined) return null;
   const utc = Date.UTC(Number(m[3]), MONTHS[m[2]], Number(m[1]), Number(m[4]), Number(m[5]), Number(m[6]));
@@ -144,9 +158,14 @@ const DOTTED_QUAD = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
 export function normaliseIp(recorded: string): string | null {
   // Fast path: a plain dotted quad without leading zeros is already canonical.
   if (DOTTED_QUAD.test(recorded)) return recorded;
+  // The rest (IPv6, junk) is slow to parse, and the same senders come back: cache.
+  const hit = ipCache.get(recorded);
+  if (hit !== undefined) return hit;
   const r = parseIp(recorded);
-  if (!r.ok) return null;
-  return formatAddr(r.net.family, r.net.addr);
+  const out = r.ok ? formatAddr(r.net.family, r.net.addr) : null;
+  if (ipCache.size >= CACHE_MAX) ipCache.clear();
+  ipCache.set(recorded, out);
+  return out;
 }
 
 /** Read one line at `pos`. Null when the text ends before its newline. */
