@@ -51,7 +51,11 @@ import {
 import { renderRcpthosts } from '../qmail/rcpthosts.js';
 import { installFile, removeStaleTemps, tempName, writeFileAtomic, writeTempFile } from '../io/atomic-write.js';
 import { runProgram } from '../io/run-program.js';
-import { type FirewallResult, applyFirewall, firewallInPlace } from './firewall.js';
+import type { FirewallResult } from './firewall.js';
+
+// The firewall module is loaded only when used: an unchanged run with QGUARD_FIREWALL=none
+// (the default) does not need it, and every-minute start-up stays lean.
+const firewall = () => import('./firewall.js');
 
 /** Flags of the sync-rules command. */
 export interface SyncOptions {
@@ -521,7 +525,17 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
   const c = ctx.config;
   const t = targets(ctx);
 
-  if (!dryRun && !opts.lockHeld) await ctx.jobLock('sync-rules');
+  if (!dryRun && !opts.lockHeld) {
+    if (c.databaseUrl || c.usePgEnv) {
+      // Connect while flock(1) runs. Not with the embedded database: opening it waits for its
+      // own lock, and a run that finds the job lock busy must give up at once.
+      const [lock, conn] = await Promise.allSettled([ctx.jobLock('sync-rules'), ctx.db()]);
+      if (lock.status === 'rejected') throw lock.reason;
+      if (conn.status === 'rejected') throw conn.reason;
+    } else {
+      await ctx.jobLock('sync-rules');
+    }
+  }
 
   // Settings first: a bad config or static file stops the run before anything is touched.
   const outcomes = outcomesOf(ctx);
@@ -552,7 +566,7 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
     filesAsLeft && state.changeSeq === seq && sameTime(next, state.nextExpiry) && state.configHash === cfgHash && !expiredPending;
 
   if (unchanged) {
-    const fwOk = c.firewall === 'none' || (state.firewallOk && (await firewallInPlace(ctx)));
+    const fwOk = c.firewall === 'none' || (state.firewallOk && (await (await firewall()).firewallInPlace(ctx)));
     if (fwOk) {
       log.info(`unchanged since change ${seq}: nothing to do`);
       const result: RunResult = {
@@ -643,6 +657,7 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
   let fwResult: FirewallResult | null = state?.firewall ?? null;
   let fwError: QguardError | null = null;
   const runFirewall = async (dry: boolean) => {
+    const { applyFirewall } = await firewall();
     if (c.firewall === 'none') {
       fwResult = await applyFirewall(ctx, { rules: [], protectedNets: prot }, { dryRun: dry });
       return;
