@@ -720,7 +720,10 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
   if (filesToWrite) {
     writeState(sfile, { ...base, complete: false });
     for (const [, file] of targetList(t)) removeStaleTemps(file);
-    if (!state) keepForeignRules(ctx, t.rules);
+    if (!state) {
+      keepForeignFile(ctx, t.rules, `move its hand-written rules to ${c.rulesStatic}`);
+      for (const w of rcptWrites) keepForeignFile(ctx, w.file, 'add its domains with qguard domain add');
+    }
   }
   if (buildCdb) {
     await publishRules(ctx, t, p, writeText);
@@ -772,16 +775,16 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
 }
 
 /**
- * First run over an existing tcp.smtp that qguard did not write: keep a copy, so the admin's
- * hand-written rules are not lost (they belong in the static file from now on).
+ * First run over files that qguard did not write (an existing tcp.smtp, rcpthosts): keep a copy
+ * `FILE.before-qguard`, so nothing the admin wrote by hand is lost.
  */
-function keepForeignRules(ctx: RunContext, file: string): void {
+function keepForeignFile(ctx: RunContext, file: string, hint: string): void {
   const cur = readIfExists(file);
   if (!cur || cur.length === 0 || cur.toString('utf8', 0, 200).startsWith(HEADER_FIRST_LINE)) return;
   const copy = `${file}.before-qguard`;
   if (fs.existsSync(copy)) return;
   fs.copyFileSync(file, copy);
-  ctx.log.warn(`${file} was not written by qguard: kept a copy in ${copy}; move its hand-written rules to ${ctx.config.rulesStatic}`);
+  ctx.log.warn(`${file} was not written by qguard: kept a copy in ${copy}; ${hint}`);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -459,8 +459,14 @@ describe.skipIf(!TOOLS)('sync-rules', () => {
     expect(none.code).toBe(0);
     expect(none.stderr).toMatch(/no domains .*rcpthosts left as it is/);
     expect(fs.readFileSync(file('control/rcpthosts'), 'utf8')).toBe('old.example\n');
+    // Forget the last run (as on a first run), so the existing rcpthosts is someone else's.
+    const id = crypto.createHash('sha1').update(`${file('tcp.smtp')}\0${file('tcp.smtp.cdb')}\0${file('control')}`).digest('hex').slice(0, 12);
+    fs.rmSync(path.join(tdb.stateDir, `sync-rules-${id}.state`));
     await db.query("INSERT INTO qguard.domains (name, host) VALUES ('b.example', NULL), ('a.example', NULL), ('c.example', 'other-host')");
-    const r = JSON.parse((await sync(['--json'], rc)).stdout);
+    const first = await runCli('sync-rules', ['--json'], { env: { ...env, ...rc } });
+    expect(first.stderr).toMatch(/rcpthosts was not written by qguard: kept a copy in .*rcpthosts\.before-qguard/);
+    expect(fs.readFileSync(file('control/rcpthosts.before-qguard'), 'utf8')).toBe('old.example\n');
+    const r = JSON.parse(first.stdout);
     expect(r.rcpthosts).toBe(2);
     expect(fs.readFileSync(file('control/rcpthosts'), 'utf8')).toBe('a.example\nb.example\n');
     expect(fs.statSync(file('control/rcpthosts')).mode & 0o444).toBe(0o444);
