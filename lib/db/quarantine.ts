@@ -58,6 +58,19 @@ export async function purgeCandidates(db: Queryable, host: string): Promise<Cand
   }));
 }
 
+/** Mark messages of `host` gone from its queue by identity (id and line 1): repaired removals. */
+export async function markMessagesGone(db: Queryable, host: string, msgs: readonly { queueId: string; line1: string }[]): Promise<void> {
+  for (let i = 0; i < msgs.length; i += BATCH) {
+    const b = msgs.slice(i, i + BATCH);
+    await db.query(
+      `UPDATE qguard.messages m SET gone_at = now()
+         FROM unnest($2::bigint[], $3::text[]) AS u(queue_id, line1)
+        WHERE m.host = $1 AND m.queue_id = u.queue_id AND m.line1 = u.line1 AND m.gone_at IS NULL`,
+      [host, b.map((x) => x.queueId), b.map((x) => x.line1)],
+    );
+  }
+}
+
 /** Take `n` quarantine ids (the directories are named before the rows exist). */
 export async function allocateIds(db: Queryable, n: number): Promise<number[]> {
   if (n <= 0) return [];

@@ -51,6 +51,7 @@ import {
   existingIds,
   expiredRows,
   insertRemoving,
+  markMessagesGone,
   markRemoved,
   purgeCandidates,
   rowsInState,
@@ -228,8 +229,12 @@ export async function purgeQueue(ctx: RunContext, opts: PurgeOptions): Promise<v
     quarantineDir: path.resolve(config.quarantineDir),
   };
 
+  // Removals a killed run left unfinished: finished below (under the lock), never chosen twice.
+  const repairs = plan.dryRun ? [] : await rowsInState(db, config.host, ['removing']);
+  const repairing = new Set(repairs.map((r) => `${r.queueId} ${r.line1}`));
+
   // ---- plan
-  const candidates = await loadCandidates(ctx, db, layout, plan);
+  const candidates = (await loadCandidates(ctx, db, layout, plan)).filter((c) => !repairing.has(`${c.id} ${c.line1}`));
   const verdicts = await sourceVerdicts(ctx, db, candidates);
   const sel = selectPurge(candidates, (ip) => verdicts.get(ip), {
     policies: plan.policies,
@@ -261,7 +266,6 @@ export async function purgeQueue(ctx: RunContext, opts: PurgeOptions): Promise<v
   const qdir = ensureQuarantineDir(config.quarantineDir);
   summary.quarantineDir = qdir;
   await dropUncommitted(ctx, db, qdir);
-  const repairs = await rowsInState(db, config.host, ['removing']);
   const marker = path.join(config.stateDir, MARKER);
   const owed = fs.existsSync(marker);
   if (chosen.length > 0 || repairs.length > 0 || owed) {
@@ -547,6 +551,12 @@ async function repair(ctx: RunContext, db: Queryable, layout: QueueLayout, rows:
   await syncPaths([...touched]);
   await markRemoved(db, done);
   if (lost.length) await deleteRows(db, lost);
+  const finished = new Set(done);
+  await markMessagesGone(
+    db,
+    ctx.config.host,
+    rows.filter((r) => finished.has(r.id)).map((r) => ({ queueId: r.queueId, line1: r.line1 })),
+  );
   return done.length;
 }
 
