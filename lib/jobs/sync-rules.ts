@@ -465,9 +465,10 @@ async function publishRules(ctx: RunContext, t: Targets, p: Plan, writeText: boo
       timeoutMs: 600_000,
     });
     await checkCdb(ctx, newCdb, checkSamples(p));
-    if (writeText) installFile(textTmp, t.rules, { mode: 0o644 });
-    // tcpserver runs unprivileged: an unreadable cdb drops every connection.
+    // tcpserver runs unprivileged: an unreadable cdb drops every connection. The cdb goes first:
+    // whatever the text shows, tcpserver already does.
     installFile(newCdb, t.cdb, { mode: 0o644, ensureBits: 0o444 });
+    if (writeText) installFile(textTmp, t.rules, { mode: 0o644 });
   } finally {
     for (const f of [textTmp, newCdb, tmp]) fs.rmSync(f, { force: true });
   }

@@ -522,21 +522,22 @@ describe.skipIf(!TOOLS)('sync-rules', () => {
     };
     const has = (s: string) => fs.existsSync(file('tcp.smtp')) && fs.readFileSync(file('tcp.smtp'), 'utf8').includes(s);
     try {
-      expect(await waitFor(() => has('203.0.113.:deny'), 20_000)).toBe(true);
+      expect(await waitFor(() => has('203.0.113.:deny'), 20_000), `first publish; stderr: ${stderr}`).toBe(true);
       // While it runs, cron's runs exit quietly.
       const cron = await sync();
       expect(cron).toMatchObject({ code: 0, stdout: '', stderr: '' });
       const t0 = Date.now();
       await db.query("SELECT qguard.allow_login('198.51.100.23', 'alice', interval '1 hour')");
-      expect(await waitFor(() => has('198.51.100.23:allow,RELAYCLIENT=""'), 10_000)).toBe(true);
+      expect(await waitFor(() => has('198.51.100.23:allow,RELAYCLIENT=""'), 10_000), `login published; stderr: ${stderr}`).toBe(true);
       const took = Date.now() - t0;
       expect(check('198.51.100.23')).toBe('relay');
-      expect(took).toBeLessThan(5000); // about a second; generous for a shared, loaded test machine
+      // About a second; generous for a shared, loaded test machine.
+      expect(took, `applied ${took} ms after the login`).toBeLessThan(5000);
     } finally {
       child.kill('SIGTERM');
     }
     const code = await new Promise((r) => child.on('exit', (c) => r(c)));
-    expect(code).toBe(0);
+    expect(code, stderr).toBe(0);
     expect(stderr).toBe('');
   });
 });
