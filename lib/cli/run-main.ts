@@ -35,6 +35,11 @@ export interface RunContext {
   jobLock(job: string, opts?: { record?: boolean }): Promise<void>;
   /** The job's summary (its --json document), kept with the job record. */
   jobSummary(summary: unknown): void;
+  /**
+   * For a job that keeps running (`sync-rules --watch`): record the pass that just ended as
+   * a run of its own, so `qguard status` sees it working, and start the next one.
+   */
+  jobCheckpoint(exitCode: number, error: string | null): Promise<void>;
   /** Was this option given on the command line (not from env, file or default)? */
   fromCli(option: string): boolean;
   /** Write text to stdout. */
@@ -155,6 +160,10 @@ function makeContext(command: string, cmd: Command): OpenContext {
     },
     jobSummary(summary) {
       if (job) job.summary = summary;
+    },
+    async jobCheckpoint(exitCode, error) {
+      await this.recordRun(exitCode, error);
+      if (job) job = { name: job.name, startedAt: new Date(), summary: null };
     },
     async recordRun(exitCode, error) {
       if (!job || !db || !schemaChecked) return;

@@ -577,7 +577,7 @@ async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?: boolea
           keys: state.keys,
           denyKeys: state.denyKeys,
           rcpthosts: state.rcpthosts,
-          firewall: state.firewall,
+          firewall: state.firewall ? { ...state.firewall, changed: false } : null,
           expired,
           changeSeq: seq,
           wrote: [],
@@ -849,13 +849,17 @@ async function watch(ctx: RunContext, opts: SyncOptions): Promise<void> {
         const r = await syncOnce(ctx, { ...opts, lockHeld: true });
         next = r.nextExpiry;
         if (r.summary.changed) ctx.log.info(`applied change ${r.summary.changeSeq} in ${r.summary.durationMs} ms`);
+        // Each pass is a run of its own in the job records: `qguard status` sees --watch working.
+        await ctx.jobCheckpoint(0, null);
       } catch (err) {
         if (lost) throw lost;
         if (err instanceof PermanentError) {
           // Refused (a guard, a broken static file): retrying the same input will not help.
           ctx.log.warn(`${err.message} (waiting for the next change)`);
+          await ctx.jobCheckpoint(err.exitCode, err.message);
         } else if (err instanceof TemporaryError) {
           ctx.log.warn(`${err.message} (retrying in 10 s)`);
+          await ctx.jobCheckpoint(err.exitCode, err.message);
           retryMs = 10_000;
         } else {
           throw err;

@@ -504,6 +504,9 @@ describe.skipIf(!TOOLS)('sync-rules', () => {
 
   it('--watch applies a change within about a second, and stops on SIGTERM', async () => {
     await addRules([{ cidr: '203.0.113.0/24', action: 'deny' }]);
+    const runs = async () =>
+      Number((await db.query<{ n: number }>("SELECT count(*) AS n FROM qguard.job_runs WHERE job = 'sync-rules' AND ok")).rows[0].n);
+    const runsBefore = await runs();
     const child = spawn(process.execPath, [path.join(ROOT, 'dist/bin/sync-rules.js'), '--watch'], {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -533,6 +536,8 @@ describe.skipIf(!TOOLS)('sync-rules', () => {
       expect(check('198.51.100.23')).toBe('relay');
       // About a second; generous for a shared, loaded test machine.
       expect(took, `applied ${took} ms after the login`).toBeLessThan(5000);
+      // Every pass is in the job records while it runs, so `qguard status` sees it working.
+      expect(await runs()).toBeGreaterThanOrEqual(runsBefore + 2);
     } finally {
       child.kill('SIGTERM');
     }
