@@ -72,9 +72,11 @@ const optionName = (flag: string) =>
 
 /** Add the shared configuration flags to a command. */
 export function addConfigOptions(cmd: Command): Command {
-  cmd.option('--config <file>', 'config file (default /etc/qguard/qguard.conf)');
+  // Listed after the command's own options: they are the same for every qguard program.
+  const group = 'Configuration (every qguard program; also QGUARD_* variables and qguard.conf):';
+  cmd.addOption(new Option('--config <file>', 'config file (default /etc/qguard/qguard.conf)').helpGroup(group));
   for (const spec of CONFIG_KEYS) {
-    if (spec.flag) cmd.addOption(new Option(spec.flag, spec.help ?? ''));
+    if (spec.flag) cmd.addOption(new Option(spec.flag, spec.help ?? '').helpGroup(group));
   }
   cmd.option('-v, --verbose', 'explain what is done, on stderr');
   return cmd;
