@@ -18,5 +18,19 @@ registerFirewall(program);
 registerQueue(program);
 registerQuarantine(program);
 registerStatus(program);
+program.addHelpText(
+  'after',
+  `
+Examples:
+  qguard db migrate                          # create or upgrade the schema
+  qguard ip deny 203.0.113.0/24 --for 30d    # refuse a network (tcp.smtp deny, firewall)
+  qguard ip allow 198.51.100.7 --for 8h      # let an address relay
+  qguard ip why 203.0.113.5                  # the decision and the rules behind it
+  qguard queue top                           # who fills the queue
+  qguard quarantine ls                       # what purge-queue removed
+  qguard status                              # 0 OK, 1 WARNING, 2 CRITICAL
+
+Run \`qguard COMMAND --help\` for each command's options and examples.`,
+);
 
 await runMain(program);
