@@ -101,7 +101,8 @@ async function main(): Promise<void> {
 
     // Dry run (selection + fresh reads), and the ids it lists for the floor.
     const dry = timed(process.execPath, [bin('purge-queue'), '--dry-run', '--json'], env);
-    const plan = JSON.parse(dry.stdout) as { selected: number; messages: { id: string }[] };
+    const plan = JSON.parse(dry.stdout) as { selected: number; messages: { id: string }[]; guarded: object; skippedWhy: object };
+    process.stdout.write(`dry run: ${plan.selected} selected, ${plan.messages.length} to remove; guarded ${JSON.stringify(plan.guarded)}, skipped ${JSON.stringify(plan.skippedWhy)}\n`);
     const ids = plan.messages.map((m) => m.id);
 
     // Floor: the same files, copied into a scratch queue of the same layout.

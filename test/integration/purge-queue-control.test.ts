@@ -86,6 +86,27 @@ describe.skipIf(!haveTools('flock'))('stopping qmail-send', () => {
     expect(fs.existsSync(path.join(c.state, 'purge-queue.qmail-stopped'))).toBe(false);
   });
 
+  it('the default commands, svc -d / svc -u /service/qmail-send, found on PATH', async () => {
+    const c = await setup();
+    const f = await c.fake();
+    // A fake daemontools svc: records its arguments; -d stops the fake qmail-send.
+    const bin = path.join(work, `case${n}`, 'path');
+    fs.mkdirSync(bin);
+    const log = path.join(bin, 'svc.log');
+    fs.writeFileSync(
+      path.join(bin, 'svc'),
+      `#!/bin/sh\necho "svc $* $(find '${c.b.dir}/mess' -type f | wc -l)" >> '${log}'\n[ "$1" = -d ] && kill -TERM -${f.pid}\nexit 0\n`,
+      { mode: 0o755 },
+    );
+    const { QGUARD_QMAIL_STOP: _stop, QGUARD_QMAIL_START: _start, ...env } = c.env;
+    const r = await runCli('purge-queue', ['--json'], { env: { ...env, PATH: `${bin}:${process.env.PATH}` } });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ removed: 5, stoppedQmail: true });
+    expect(fs.readFileSync(log, 'utf8').trim().split('\n')).toEqual(['svc -d /service/qmail-send 7', 'svc -u /service/qmail-send 2']);
+    expect(f.alive()).toBe(false);
+  });
+
   it('the stop command "succeeds" but qmail-send keeps its lock: exit 111, nothing removed, started again', async () => {
     const c = await setup({ stopKills: false });
     const f = await c.fake();

@@ -222,3 +222,29 @@ describe('retention', () => {
     expect(await ls()).toEqual([]);
   });
 });
+
+describe('on the embedded database', () => {
+  it('purge, ls and restore work the same', async () => {
+    const edb = await createTestDb({ kind: 'embedded' });
+    try {
+      const q = QueueBuilder.create({ dir: path.join(work, 'embedded-queue') });
+      const id = q.add({ mess: networkMessage({ ip: '203.0.113.7' }), sender: 'a@spam.example', recipients: ['dave@example.net'] });
+      q.add({ mess: networkMessage({ ip: '198.51.100.150' }), sender: 'orders@partner.example' });
+      const out = path.join(work, 'embedded-qq');
+      writeQmailQueueStandIn(path.join(work, 'embedded-qmail-queue'), out);
+      const e = { ...edb.env, QGUARD_QUEUE: q.dir, QGUARD_QMAIL_QUEUE: path.join(work, 'embedded-qmail-queue'), QGUARD_CONTROL: path.join(work, 'none') };
+      expect((await runCli('scan-queue', ['--no-deny'], { env: e })).code).toBe(0);
+      expect((await runCli('qguard', ['ip', 'deny', '203.0.113.7'], { env: e })).code).toBe(0);
+      const r = await runCli('purge-queue', ['--json'], { env: e });
+      expect(r.stderr).toBe('');
+      expect(JSON.parse(r.stdout)).toMatchObject({ selected: 1, removed: 1, quarantined: 1 });
+      expect(fs.existsSync(q.path('mess', id))).toBe(false);
+      const list = JSON.parse((await runCli('qguard', ['quarantine', 'ls', '--json'], { env: e })).stdout) as Entry[];
+      expect(list.map((x) => [x.queueId, x.sourceIp, x.state])).toEqual([[id, '203.0.113.7', 'removed']]);
+      expect((await runCli('qguard', ['quarantine', 'restore', list[0].id], { env: e })).code).toBe(0);
+      expect(fs.readFileSync(path.join(out, 'env.0')).toString('latin1')).toBe('Fa@spam.example\0Tdave@example.net\0\0');
+    } finally {
+      await edb.drop();
+    }
+  });
+});
