@@ -9,6 +9,7 @@ import { registerFirewall } from '../lib/cli/commands/firewall.js';
 import { registerQueue } from '../lib/cli/commands/queue.js';
 import { registerQuarantine } from '../lib/cli/commands/quarantine.js';
 import { registerStatus } from '../lib/cli/commands/status.js';
+import { registerDemo } from '../lib/cli/commands/demo.js';
 
 const program = newProgram('qguard', 'spam blocking for qmail: IP rules, domains, queue review, quarantine, status');
 registerDb(program);
@@ -18,6 +19,7 @@ registerFirewall(program);
 registerQueue(program);
 registerQuarantine(program);
 registerStatus(program);
+registerDemo(program);
 program.addHelpText(
   'after',
   `
