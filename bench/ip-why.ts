@@ -1,7 +1,7 @@
 // Benchmark: `qguard ip why` at 1,000,000 rules (issue 2; goal: under 50 ms of query time).
 // Fills a fresh database on the local PostgreSQL server with 1,000,000 mixed rules (IPv4 /32
 // denies, /24 and /16 denies, relay and trust addresses, IPv6 /64 denies), then times the
-// candidate query (`network >>= ip` on the SP-GiST index) for random addresses in-process, shows
+// candidate query (`network >>= ip` on the GiST index) for random addresses in-process, shows
 // its plan, and times the whole command as an admin runs it.
 //
 // Run: npm run build:bench && node dist/bench/ip-why.js   (RULES=N to change the size)

@@ -73,7 +73,7 @@ function forHost(sql: string, param: number): string {
 
 /**
  * The live rules that contain `ip` on mail server `host` (the candidates for decide()),
- * ordered by id so ties resolve the same way every time. Uses the SP-GiST index (>>=).
+ * ordered by id so ties resolve the same way every time. Uses the GiST index (>>=).
  */
 export async function rulesContaining(db: Queryable, ip: Net, host: string): Promise<Rule[]> {
   const r = await db.query<RuleRow>(

@@ -99,6 +99,33 @@ describe.each(kinds)('foundation schema on the %s database', (kind) => {
     await db.query('DELETE FROM qguard.rules');
   });
 
+  it('finds every rule through the index in a table of mixed IPv4 and IPv6 rules', async () => {
+    // The set on which SP-GiST inet_ops (PostgreSQL 15) missed every IPv6 row: the index
+    // must answer like a sequential scan.
+    const fs = await import('node:fs');
+    const path = await import('node:path');
+    const list = fs
+      .readFileSync(path.join(import.meta.dirname, '../fixtures/mixed-family-rules.txt'), 'utf8')
+      .split('\n')
+      .filter(Boolean);
+    expect(list.filter((c) => c.includes(':')).length).toBeGreaterThan(0);
+    await db.query(
+      "INSERT INTO qguard.rules (network, action, source) SELECT c::cidr, 'deny', 'list:mixed' FROM unnest($1::text[]) c",
+      [list],
+    );
+    await db.query('ANALYZE qguard.rules');
+    await db.query('SET enable_seqscan = off');
+    try {
+      for (const cidr of list) {
+        const found = await rulesContaining(db, net(cidr), 'test-host');
+        expect(found.map((r) => r.cidr), cidr).toContain(cidr);
+      }
+    } finally {
+      await db.query('SET enable_seqscan = on');
+      await db.query("DELETE FROM qguard.rules WHERE source = 'list:mixed'");
+    }
+  });
+
   it('keeps one network per source: removing one list leaves the other', async () => {
     const n = net('192.0.2.0/24');
     await upsertRule(db, { net: n, action: 'deny', source: 'list:a', reason: null, who: null, ttlSeconds: null, host: null });
@@ -112,7 +139,7 @@ describe.each(kinds)('foundation schema on the %s database', (kind) => {
 
   it('audits every insert, update, delete and expiry; bumps the counter only on change', async () => {
     await db.query("SELECT set_config('qguard.actor', 'tester', false)");
-    const n = net('198.51.100.0/24');
+    const n = net('100.64.50.0/24');
     const before = await changeCounter(db);
     const { created } = await upsertRule(db, { net: n, action: 'deny', source: 'manual', reason: 'r1', who: 'w', ttlSeconds: null, host: null });
     expect(created).toBe(true);
