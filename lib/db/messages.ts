@@ -1,9 +1,12 @@
 // Queries on qguard.messages and qguard.queue_scans (sql/002): what scan-queue recorded
 // about each queued message on each mail server, the per-IP counts behind the auto-deny, and
-// the review queries of `qguard queue`. Writes are batched with unnest() arrays (one
-// statement per few thousand messages), never one INSERT per message.
+// the review queries of `qguard queue`. Writes are batched, never one INSERT per message:
+// new messages stream in through COPY on a server database (encoded here, see copyLine), and
+// go as unnest() arrays (one statement per few thousand messages) on the embedded one, as do
+// the updates.
 
-import type { Queryable } from './connect.js';
+import type pg from 'pg';
+import { type Queryable, dbError } from './connect.js';
 import { RULE_COLUMNS, type Rule, toRule } from './rules.js';
 import type { QueuedMessage, EnvelopeState, MessageState } from '../io/queue-walk.js';
 import type { MessageKind } from '../qmail/received.js';
@@ -262,6 +265,123 @@ export async function insertMessages(db: Queryable, host: string, msgs: readonly
   for (let i = 0; i < rows.length; i += BATCH) {
     await db.query(insertFrom(fullUnnest(false), '$1'), fullParams(host, rows.slice(i, i + BATCH)));
   }
+}
+
+/** The columns of a COPY of new rows: the host, then a RecordRow's values in order. */
+const COPY_COLUMNS = `host, queue_id, line1, split, state, kind, forwarded, chain, birth, arrival, source_ip, source_recorded,
+    helo, remote_host, remote_info, sender, recipients, pending, rcpt_count, pending_count, bounce_pending, size, subject,
+    problems, sig, mess_sig`;
+/** RecordRow positions of the two times (epoch seconds there, timestamps in a COPY). */
+const BIRTH = 7;
+const ARRIVAL = 8;
+
+/** A value as a field of COPY's text format: backslash, tab, newline and CR escaped. */
+function copyField(s: string): string {
+  return /[\\\t\n\r]/.test(s) ? s.replace(/[\\\t\n\r]/g, (c) => (c === '\\' ? '\\\\' : c === '\t' ? '\\t' : c === '\n' ? '\\n' : '\\r')) : s;
+}
+
+const pad2 = (n: number) => (n < 10 ? `0${n}` : String(n));
+const pad3 = (n: number) => (n < 10 ? `00${n}` : n < 100 ? `0${n}` : String(n));
+
+const DAY_MS = 86_400_000;
+/** `YYYY-MM-DD` by day number since the epoch: a queue's messages share a few days. */
+const dayTexts = new Map<number, string>();
+
+/** Epoch seconds (as the unnest path hands them to to_timestamp) as timestamptz input text. */
+function copyTime(seconds: number): string {
+  const ms = Math.round(seconds * 1000);
+  const day = Math.floor(ms / DAY_MS);
+  let date = dayTexts.get(day);
+  if (date === undefined) {
+    const d = new Date(day * DAY_MS);
+    const y = d.getUTCFullYear();
+    if (Number.isNaN(y)) throw new RangeError(`time out of range: ${seconds}`);
+    const md = `${pad2(d.getUTCMonth() + 1)}-${pad2(d.getUTCDate())}`;
+    // No real queue file is dated before year 1 or after 9999: PostgreSQL's notations then.
+    if (y < 1) return `${String(1 - y).padStart(4, '0')}-${md} ${clock(ms - day * DAY_MS)}+00 BC`;
+    date = `${String(y).padStart(4, '0')}-${md}`;
+    if (dayTexts.size >= 1000) dayTexts.clear();
+    dayTexts.set(day, date);
+  }
+  return `${date} ${clock(ms - day * DAY_MS)}+00`;
+}
+
+/** `HH:MM:SS.mmm` of a millisecond of the day. */
+function clock(msOfDay: number): string {
+  const s = Math.floor(msOfDay / 1000);
+  return `${pad2(Math.floor(s / 3600))}:${pad2(Math.floor(s / 60) % 60)}:${pad2(s % 60)}.${pad3(msOfDay - s * 1000)}`;
+}
+
+/** One new row for `host` as a line of COPY text (host field already escaped: copyField). */
+export function copyLine(hostField: string, row: RecordRow): string {
+  let line = hostField;
+  for (let i = 0; i < row.length; i++) {
+    const v = row[i];
+    if (v === null) line += '\t\\N';
+    else if (typeof v === 'string') line += `\t${copyField(v)}`;
+    else if (typeof v === 'boolean') line += v ? '\tt' : '\tf';
+    else if (i === BIRTH || i === ARRIVAL) line += `\t${copyTime(v)}`;
+    else line += `\t${v}`;
+  }
+  return `${line}\n`;
+}
+
+/** The host as the first field of copyLine. */
+export function copyHostField(host: string): string {
+  return copyField(host);
+}
+
+const STAGE = 'pg_temp.qguard_scan_stage';
+
+/**
+ * Record new messages sent as COPY text (copyLine), on a server database. `fresh`: this host
+ * has no rows at all, so none can share an identity with a new one and the rows go straight
+ * into the table; otherwise through a staging table and INSERT ... ON CONFLICT, so that a
+ * message recorded as gone that is found again comes back to life (as insertMessages does).
+ */
+export async function copyMessages(client: pg.Client, tx: Queryable, data: readonly Buffer[], fresh: boolean): Promise<void> {
+  const { from: copyFrom } = await import('pg-copy-streams');
+  if (!fresh) {
+    await tx.exec(
+      `CREATE TEMP TABLE IF NOT EXISTS qguard_scan_stage (host text, queue_id bigint, line1 text, split int, state text,
+         kind text, forwarded boolean, chain text[], birth timestamptz, arrival timestamptz, source_ip inet,
+         source_recorded text, helo text, remote_host text, remote_info text, sender text, recipients text[],
+         pending text[], rcpt_count int, pending_count int, bounce_pending boolean, size bigint, subject text,
+         problems text[], sig text, mess_sig text) ON COMMIT DROP;
+       TRUNCATE ${STAGE}`,
+    );
+  }
+  try {
+    const sink = client.query(copyFrom(`COPY ${fresh ? 'qguard.messages' : STAGE} (${COPY_COLUMNS}) FROM STDIN`));
+    await new Promise<void>((resolve, reject) => {
+      sink.on('error', reject);
+      sink.on('finish', resolve);
+      for (const b of data) sink.write(b);
+      sink.end();
+    });
+  } catch (err) {
+    throw dbError(err, 'recording new messages failed');
+  }
+  if (!fresh) {
+    await tx.query(
+      `INSERT INTO qguard.messages AS m (${COPY_COLUMNS}) SELECT ${COPY_COLUMNS} FROM ${STAGE}
+       ON CONFLICT ON CONSTRAINT messages_key DO UPDATE SET ${SET_REVIVE}`,
+    );
+  }
+}
+
+/** Does this host have any row (live or gone)? Without one, new rows cannot collide. */
+export async function hostHasRows(db: Queryable, host: string): Promise<boolean> {
+  const r = await db.query<{ any: boolean }>('SELECT EXISTS (SELECT 1 FROM qguard.messages WHERE host = $1) AS any', [host]);
+  return Boolean(r.rows[0]?.any);
+}
+
+/**
+ * A row whose strings do not pin the text they were cut from (V8 keeps a substring's parent
+ * alive): for rows held in a batch while more messages are read.
+ */
+export function ownRow(row: RecordRow): RecordRow {
+  return row.map((v) => (typeof v === 'string' && v.length > 0 ? (` ${v}`).slice(1) : v));
 }
 
 /** Rewrite rows (by row id) with a fresh full read of their message. */

@@ -122,6 +122,12 @@ export interface ReadOptions {
   headBytes?: number;
   /** Never read more than this of mess to find the origin (bounces quote deep). */
   maxHeadBytes?: number;
+  /**
+   * False when the caller is done with the message before it reads the next one (the scan,
+   * which encodes it at once): its strings may then be cut from the text of the head read,
+   * saving a copy each. Default true: they are copies that pin nothing (see own()).
+   */
+  keep?: boolean;
 }
 
 export const DEFAULT_HEAD_BYTES = 4096;
@@ -134,18 +140,20 @@ const MAX_ENVELOPE_BYTES = 16 * 1024 * 1024;
 
 let noatimeAllowed = true;
 const O_NOATIME = (fs.constants as Record<string, number>).O_NOATIME ?? 0;
+const O_NOFOLLOW = (fs.constants as Record<string, number>).O_NOFOLLOW ?? 0;
 
 /** Open read-only with O_NOATIME; without it when the kernel refuses (EPERM: not the owner). */
-function openNoatime(file: string): number {
+function openNoatime(file: string, extraFlags = 0): number {
+  const flags = fs.constants.O_RDONLY | extraFlags;
   if (noatimeAllowed && O_NOATIME) {
     try {
-      return fs.openSync(file, fs.constants.O_RDONLY | O_NOATIME);
+      return fs.openSync(file, flags | O_NOATIME);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
       noatimeAllowed = false;
     }
   }
-  return fs.openSync(file, fs.constants.O_RDONLY);
+  return fs.openSync(file, flags);
 }
 
 function errCode(err: unknown): string | undefined {
@@ -172,20 +180,28 @@ export function readHead(file: string, max: number): { data: Buffer; size: numbe
 }
 
 /**
+ * Read the bytes [from, want) of an open file into the same offsets of `buf`. Returns how many
+ * of the first `want` bytes `buf` now holds: fewer than `want` means the file ends there.
+ */
+function readFdInto(fd: number, buf: Buffer, from: number, want: number): number {
+  let got = from;
+  while (got < want) {
+    const n = fs.readSync(fd, buf, got, want - got, got);
+    got += n;
+    // A short read of a regular file is its end: no second call to hear 0.
+    if (n === 0 || got < want) break;
+  }
+  return got;
+}
+
+/**
  * Read up to `want` bytes from the start of a file into `buf` (no fstat: fewer system calls on
  * the hot path). Fewer than `want` bytes back means the whole file was read.
  */
 function readInto(file: string, buf: Buffer, want: number): number {
   const fd = openNoatime(file);
   try {
-    let got = 0;
-    while (got < want) {
-      const n = fs.readSync(fd, buf, got, want - got, got);
-      got += n;
-      // A short read of a regular file is its end: no second call to hear 0.
-      if (n === 0 || got < want) break;
-    }
-    return got;
+    return readFdInto(fd, buf, 0, want);
   } finally {
     fs.closeSync(fd);
   }
@@ -203,6 +219,46 @@ function readWhole(file: string): Buffer {
   const { data, size } = readHead(file, MAX_ENVELOPE_BYTES);
   if (size > MAX_ENVELOPE_BYTES) throw Object.assign(new Error(`${file}: larger than ${MAX_ENVELOPE_BYTES} bytes`), { code: 'EFBIG' });
   return data;
+}
+
+/**
+ * Not the regular file a listing named (a symlink, a directory, gone): the careful path, which
+ * stats before it reads, decides what it is.
+ */
+class NotPlainFile extends Error {}
+
+/**
+ * Open a file a directory listing named, take its stat from the open descriptor (one path
+ * lookup instead of two: lstat, then open) and hand the descriptor to `use`. Symlinks are not
+ * followed, as the careful path's lstat does not follow them.
+ */
+function withListedFile<T>(file: string, use: (fd: number, st: FileStat) => T): T {
+  let fd: number;
+  try {
+    fd = openNoatime(file, O_NOFOLLOW);
+  } catch (err) {
+    const code = errCode(err);
+    if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') throw new NotPlainFile(file);
+    throw err;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new NotPlainFile(file);
+    return use(fd, toStat(st));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** An envelope file a listing named, whole, with its stat put in `stats` (see readWhole). */
+function readListedEnvelope(file: string, dir: QueueDirName, stats: MessageStats): Buffer {
+  const n = withListedFile(file, (fd, st) => {
+    stats[dir] = st;
+    return readFdInto(fd, envelopeScratch, 0, envelopeScratch.length);
+  });
+  if (n < envelopeScratch.length) return envelopeScratch.subarray(0, n);
+  // Larger than the scratch buffer (never in a real queue): as the careful path reads it.
+  return readWhole(file);
 }
 
 function toStat(st: fs.Stats): FileStat {
@@ -355,6 +411,19 @@ function readEnvelopeFile(file: string): Buffer {
  * alone is qmail-queue still at work; mess alone is a message still arriving (or an orphan).
  */
 export function readEnvelope(layout: QueueLayout, id: string, stats: MessageStats): EnvelopeState {
+  return envelopeVia(
+    (d) => stats[d] !== undefined,
+    (d) => readEnvelopeFile(absPath(layout, d, id)),
+    stats,
+  );
+}
+
+/**
+ * readEnvelope's decisions, with the files' presence and reading given: `read(d)` returns the
+ * bytes of the file (valid until the next call) and, when the caller learns the file's stat
+ * only by opening it, has put it in `stats` by the time it returns.
+ */
+function envelopeVia(has: (d: QueueDirName) => boolean, read: (d: QueueDirName) => Buffer, stats: MessageStats): EnvelopeState {
   const problems: string[] = [];
   const recipients: QueuedRecipient[] = [];
   let state: MessageState;
@@ -364,7 +433,7 @@ export function readEnvelope(layout: QueueLayout, id: string, stats: MessageStat
   let pid: number | null = null;
   let arrivalMs: number;
   const fromTodo = (which: 'todo' | 'intd') => {
-    const env = parseEnvelope(readEnvelopeFile(absPath(layout, which, id)));
+    const env = parseEnvelope(read(which));
     sender = env.sender;
     uid = env.uid;
     pid = env.pid;
@@ -374,34 +443,34 @@ export function readEnvelope(layout: QueueLayout, id: string, stats: MessageStat
     // A todo/N cut short is damage; an intd/N cut short is qmail-queue still writing it.
     if (!env.complete && which === 'todo') problems.push(`todo: truncated envelope (${JSON.stringify(env.truncatedTail)})`);
   };
-  if (stats.todo) {
+  if (has('todo')) {
     state = 'todo';
     fromTodo('todo');
-    arrivalMs = stats.todo.mtimeMs;
-  } else if (stats.info) {
+    arrivalMs = stats.todo!.mtimeMs;
+  } else if (has('info')) {
     state = 'preprocessed';
-    const info = parseInfo(readEnvelopeFile(absPath(layout, 'info', id)));
+    const info = parseInfo(read('info'));
     sender = info.sender;
     for (const p of info.problems) problems.push(`info: ${p}`);
+    arrivalMs = stats.info!.mtimeMs;
     for (const q of ['local', 'remote'] as const) {
-      if (!stats[q]) continue;
-      const list = parseRecipientList(readEnvelopeFile(absPath(layout, q, id)));
+      if (!has(q)) continue;
+      const list = parseRecipientList(read(q));
       for (const r of list.recipients) recipients.push({ address: r.address, done: r.done, queue: q });
       for (const p of list.problems) problems.push(`${q}: ${p}`);
     }
-    arrivalMs = stats.info.mtimeMs;
-  } else if (stats.intd) {
+  } else if (has('intd')) {
     state = 'in-flight-intd';
     fromTodo('intd');
-    arrivalMs = stats.intd.mtimeMs;
+    arrivalMs = stats.intd!.mtimeMs;
   } else {
     state = 'in-flight-mess-only';
     envelopeComplete = false;
     arrivalMs = stats.mess?.mtimeMs ?? Date.now();
   }
   let bounceReport: BounceEntry[] | null = null;
-  if (stats.bounce) {
-    const b = parseBounceFile(readEnvelopeFile(absPath(layout, 'bounce', id)).toString('utf8'));
+  if (has('bounce')) {
+    const b = parseBounceFile(read('bounce').toString('utf8'));
     bounceReport = b.entries;
     for (const p of b.problems) problems.push(`bounce: ${p}`);
   }
@@ -423,18 +492,39 @@ export function readOrigin(
   file: string,
   opts: ReadOptions = {},
 ): { origin: MessageOrigin; line1: string; headBytes: number; size: number | null } {
+  const fd = openNoatime(file);
+  try {
+    return originFromFd(fd, opts, opts.keep !== false);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * readOrigin on an open descriptor. `keep`: the strings of the answer are held after the next
+ * read (they are copied so as not to pin the head they were cut from, see own()); false when
+ * the caller is done with them before reading another message.
+ */
+function originFromFd(
+  fd: number,
+  opts: ReadOptions,
+  keep: boolean,
+): { origin: MessageOrigin; line1: string; headBytes: number; size: number | null } {
   const first = opts.headBytes ?? DEFAULT_HEAD_BYTES;
   const max = Math.max(first, opts.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES);
   if (headScratch.length < max) headScratch = Buffer.allocUnsafe(max);
   let want = first;
+  let n = 0;
   for (;;) {
-    const n = readInto(file, headScratch, want);
+    // Extending the read: the bytes already read stay where they are.
+    n = readFdInto(fd, headScratch, n, want);
     const whole = n < want;
     const atBound = want >= max;
     const head = headScratch.toString('latin1', 0, n);
     const origin = parseOrigin(head, whole || atBound);
     if (!origin.needMore || whole || atBound) {
-      return { origin: detach(origin), line1: own(firstLine(head)), headBytes: n, size: whole ? n : null };
+      const line1 = firstLine(head);
+      return { origin: keep ? detach(origin) : origin, line1: keep ? own(line1) : line1, headBytes: n, size: whole ? n : null };
     }
     want = Math.min(max, want * 4);
   }
@@ -480,15 +570,47 @@ function detach(o: MessageOrigin): MessageOrigin {
   };
 }
 
-function relFiles(layout: QueueLayout, id: string, stats: MessageStats) {
+function relFiles(layout: QueueLayout, id: string, split: number, stats: MessageStats) {
   const files: string[] = [];
   const paths: Partial<Record<QueueDirName, string>> = {};
   for (const d of QUEUE_DIRS) {
     if (!stats[d]) continue;
-    files.push(relPath(layout, d, id));
-    paths[d] = absPath(layout, d, id);
+    // relPath and absPath, with the split computed once.
+    const rel = layout.splitDirs[d] ? `${d}/${split}/${id}` : `${d}/${id}`;
+    files.push(rel);
+    paths[d] = `${layout.dir}/${rel}`;
   }
   return { files, paths };
+}
+
+/** The message record from what was read. */
+function messageOf(
+  layout: QueueLayout,
+  id: string,
+  stats: MessageStats & { mess: FileStat },
+  head: ReturnType<typeof readOrigin>,
+  env: EnvelopeState,
+): QueuedMessage {
+  const split = splitOf(id, layout.split);
+  const { files, paths } = relFiles(layout, id, split, stats);
+  const { sig, messSig } = messageSignature(stats);
+  const problems = head.origin.problems.length ? [...head.origin.problems, ...env.problems] : env.problems;
+  return {
+    id,
+    split,
+    files,
+    paths,
+    stats,
+    size: head.size ?? stats.mess.size,
+    line1: head.line1,
+    birth: head.origin.queueLine?.date ?? null,
+    origin: head.origin,
+    headBytes: head.headBytes,
+    sig,
+    messSig,
+    ...env,
+    problems,
+  };
 }
 
 /**
@@ -502,28 +624,7 @@ export function readMessageWith(layout: QueueLayout, id: string, stats: MessageS
     try {
       const head = readOrigin(absPath(layout, 'mess', id), opts);
       const env = readEnvelope(layout, id, current);
-      const { files, paths } = relFiles(layout, id, current);
-      const { sig, messSig } = messageSignature(current);
-      const problems = [...head.origin.problems, ...env.problems];
-      return {
-        status: 'ok',
-        message: {
-          id,
-          split: splitOf(id, layout.split),
-          files,
-          paths,
-          stats: current,
-          size: head.size ?? current.mess.size,
-          line1: head.line1,
-          birth: head.origin.queueLine?.date ?? null,
-          origin: head.origin,
-          headBytes: head.headBytes,
-          sig,
-          messSig,
-          ...env,
-          problems,
-        },
-      };
+      return { status: 'ok', message: messageOf(layout, id, current as MessageStats & { mess: FileStat }, head, env) };
     } catch (err) {
       if (err instanceof QueueChanged || errCode(err) === 'ENOENT') {
         current = statMessage(layout, id);
@@ -533,6 +634,52 @@ export function readMessageWith(layout: QueueLayout, id: string, stats: MessageS
     }
   }
   return current.mess ? { status: 'unstable' } : { status: 'vanished' };
+}
+
+/**
+ * Read a message whose files a directory listing has just named (`listed`), the cold scan's
+ * way: each file is opened once and its stat taken from the open descriptor (no lstat before
+ * the read), and only the files the envelope needs are read; the others are stat()ed for the
+ * signature. The outcome is what readMessageWith gives for the same files. When the queue
+ * changed since the listing (a file gone or replaced), the message is read the careful way.
+ */
+export function readListedMessage(
+  layout: QueueLayout,
+  id: string,
+  listed: readonly QueueDirName[],
+  opts: ReadOptions = {},
+): ReadOutcome {
+  const stats: MessageStats = {};
+  try {
+    const head = withListedFile(absPath(layout, 'mess', id), (fd, st) => {
+      stats.mess = st;
+      return originFromFd(fd, opts, opts.keep !== false);
+    });
+    const env = envelopeVia(
+      (d) => listed.includes(d),
+      (d) => readListedEnvelope(absPath(layout, d, id), d, stats),
+      stats,
+    );
+    for (const d of listed) {
+      if (stats[d] !== undefined) continue;
+      const st = statOrNull(absPath(layout, d, id));
+      if (st) stats[d] = st;
+    }
+    // The stats in QUEUE_DIRS order, as statMessage makes them (files and signature follow it).
+    const ordered: MessageStats = {};
+    for (const d of QUEUE_DIRS) if (stats[d] !== undefined) ordered[d] = stats[d];
+    return { status: 'ok', message: messageOf(layout, id, ordered as MessageStats & { mess: FileStat }, head, env) };
+  } catch (err) {
+    if (err instanceof NotPlainFile || err instanceof QueueChanged || errCode(err) === 'ENOENT') {
+      // Changed since the listing: stat everything, then read (and retry) as readMessage does.
+      try {
+        return readMessageWith(layout, id, statMessage(layout, id), opts);
+      } catch (err2) {
+        return { status: 'unreadable', error: `${relPath(layout, 'mess', id)}: ${(err2 as Error).message}` };
+      }
+    }
+    return { status: 'unreadable', error: `${relPath(layout, 'mess', id)}: ${(err as Error).message}` };
+  }
 }
 
 /**

@@ -19,6 +19,7 @@
 // --dry-run runs everything and rolls back. The queue itself is never written.
 
 import path from 'node:path';
+import type pg from 'pg';
 import type { RunContext } from '../cli/run-main.js';
 import { TemporaryError } from '../errors.js';
 import type { Queryable } from '../db/connect.js';
@@ -32,12 +33,17 @@ import {
   type RecordRow,
   type StoredSignature,
   messageRow,
+  copyHostField,
+  copyLine,
+  copyMessages,
   countLive,
   groupsWithFlatFiles,
+  hostHasRows,
   insertMessages,
   liveGroup,
   loadScanState,
   markGone,
+  ownRow,
   overThreshold,
   pruneGone,
   resplit,
@@ -50,6 +56,8 @@ import {
   type EnvelopeState,
   type QueueDirName,
   type QueueLayout,
+  type QueuedMessage,
+  type ReadOutcome,
   QueueChanged,
   dirSignature,
   flatDirs,
@@ -58,6 +66,7 @@ import {
   messageSignature,
   openQueue,
   readEnvelope,
+  readListedMessage,
   readMessageWith,
   splitOf,
   statMessage,
@@ -129,7 +138,7 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
   let summary: ScanSummary;
   try {
     summary = await db.transaction(async (tx) => {
-      const s = await scanInto(ctx, tx, layout, { dryRun, deny: opts.deny !== false, started });
+      const s = await scanInto(ctx, tx, layout, { dryRun, deny: opts.deny !== false, started, pgClient: db.pgClient });
       if (dryRun) throw new DryRunRollback(s);
       return s;
     });
@@ -150,40 +159,101 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
   if (opts.json) ctx.printJson(summary);
 }
 
+/** COPY text is sent in pieces of this size (and a batch is sent when it reaches it). */
+const COPY_BLOCK = 1 << 20;
+const COPY_BATCH_BYTES = 4 << 20;
+
 /**
  * Batched writes of the scan, pipelined: a batch goes to the database while the next one is
  * read from the queue (PostgreSQL works on its CPU while we parse on ours). At most one batch
- * is in flight; its failure surfaces at the next flush or at the end.
+ * is in flight; its failure surfaces at the next flush or at the end. New messages are
+ * encoded as COPY text the moment they are read on a server database (nothing of them is
+ * held but bytes), and kept as rows for unnest() on the embedded one.
  */
 class Writer {
-  inserts: RecordRow[] = [];
-  updates: { rowId: number; message: RecordRow }[] = [];
-  envelopes: { rowId: number; envelope: EnvelopeState; sig: string }[] = [];
-  gone: number[] = [];
+  private inserts: RecordRow[] = [];
+  private updates: { rowId: number; message: RecordRow }[] = [];
+  private envelopes: { rowId: number; envelope: EnvelopeState; sig: string }[] = [];
+  private gone: number[] = [];
+  private copied: Buffer[] = [];
+  private block: Buffer | null = null;
+  private used = 0;
+  private copyBytes = 0;
+  private copyRows = 0;
   private inFlight: Promise<void> | null = null;
+  private readonly hostField: string;
 
   constructor(
     private readonly tx: Queryable,
     private readonly host: string,
-  ) {}
+    /** COPY on a server database; `fresh`: the host has no rows yet (see copyMessages). */
+    private readonly copy: { client: pg.Client; fresh: boolean } | null,
+  ) {
+    this.hostField = copyHostField(host);
+  }
+
+  /** Whether what is read may point into the text of the message it was read from (see readListedMessage). */
+  get encodesAtOnce(): boolean {
+    return this.copy !== null;
+  }
+
+  insert(m: QueuedMessage): void {
+    const row = messageRow(m);
+    if (!this.copy) {
+      this.inserts.push(row);
+      return;
+    }
+    const line = copyLine(this.hostField, row);
+    // At most 3 bytes of UTF-8 per UTF-16 unit.
+    if (this.block === null || this.block.length - this.used < line.length * 3) {
+      this.endBlock();
+      this.block = Buffer.allocUnsafe(Math.max(COPY_BLOCK, line.length * 3));
+    }
+    const n = this.block.write(line, this.used, 'utf8');
+    this.used += n;
+    this.copyBytes += n;
+    this.copyRows++;
+  }
+
+  update(rowId: number, m: QueuedMessage): void {
+    this.updates.push({ rowId, message: ownRow(messageRow(m)) });
+  }
+
+  envelope(rowId: number, envelope: EnvelopeState, sig: string): void {
+    this.envelopes.push({ rowId, envelope, sig });
+  }
+
+  markGone(rowId: number): void {
+    this.gone.push(rowId);
+  }
+
+  private endBlock(): void {
+    if (this.block !== null && this.used > 0) this.copied.push(this.block.subarray(0, this.used));
+    this.block = null;
+    this.used = 0;
+  }
 
   private get size(): number {
-    return this.inserts.length + this.updates.length + this.envelopes.length + this.gone.length;
+    return this.inserts.length + this.updates.length + this.envelopes.length + this.gone.length + this.copyRows;
   }
 
   /** Bound memory: send a full batch now (a group larger than a batch). */
   async flushIfFull(): Promise<void> {
-    if (this.size >= BATCH) await this.flush();
+    if (this.size >= BATCH || this.copyBytes >= COPY_BATCH_BYTES) await this.flush();
   }
 
   /** Send what is buffered (after the batch in flight, if any, has finished). */
   async flush(): Promise<void> {
     if (this.size === 0) return;
-    const batch = { inserts: this.inserts, updates: this.updates, envelopes: this.envelopes, gone: this.gone };
+    this.endBlock();
+    const batch = { inserts: this.inserts, updates: this.updates, envelopes: this.envelopes, gone: this.gone, copied: this.copied };
     this.inserts = [];
     this.updates = [];
     this.envelopes = [];
     this.gone = [];
+    this.copied = [];
+    this.copyBytes = 0;
+    this.copyRows = 0;
     await this.settle();
     this.inFlight = this.write(batch);
     // Handled here; the error is thrown again by settle().
@@ -197,13 +267,19 @@ class Writer {
     if (p) await p;
   }
 
-  private async write(b: { inserts: RecordRow[]; updates: Writer['updates']; envelopes: Writer['envelopes']; gone: number[] }) {
+  private async write(b: { inserts: RecordRow[]; updates: Writer['updates']; envelopes: Writer['envelopes']; gone: number[]; copied: Buffer[] }) {
+    if (b.copied.length) await copyMessages(this.copy!.client, this.tx, b.copied, this.copy!.fresh);
     if (b.inserts.length) await insertMessages(this.tx, this.host, b.inserts);
     if (b.updates.length) await updateMessages(this.tx, b.updates);
     if (b.envelopes.length) await updateEnvelopes(this.tx, b.envelopes);
     if (b.gone.length) await markGone(this.tx, b.gone);
   }
 }
+
+/** Let the event loop run (the database's replies, and the rest of a COPY waiting for the socket). */
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+/** Messages read between two yields. */
+const YIELD_EVERY = 256;
 
 function errCode(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
@@ -213,7 +289,7 @@ async function scanInto(
   ctx: RunContext,
   tx: Queryable,
   layout: QueueLayout,
-  run: { dryRun: boolean; deny: boolean; started: number },
+  run: { dryRun: boolean; deny: boolean; started: number; pgClient: pg.Client | null },
 ): Promise<ScanSummary> {
   const { config, log } = ctx;
   const host = config.host;
@@ -287,15 +363,22 @@ async function scanInto(
   }
 
   // ---- read the changed groups
-  const buf = new Writer(tx, host);
+  // A host without any row yet (its first scan) cannot have stored rows to compare with, nor
+  // rows a new message could collide with: no per-group lookups, COPY straight into the table.
+  const copyClient = run.pgClient;
+  const fresh = !(await hostHasRows(tx, host));
+  const buf = new Writer(tx, host, copyClient ? { client: copyClient, fresh } : null);
+  const keepStrings = !buf.encodesAtOnce;
   const odd = (what: string) => {
     summary.errors++;
     log.info(what);
   };
+  const noRows = new Map<string, StoredSignature[]>();
+  const storedOf = (g: number) => (fresh ? Promise.resolve(noRows) : liveGroup(tx, host, g));
   const order = [...groups].sort((a, b) => a - b);
   // The stored rows of the next group are asked for before this group's writes are sent, so
   // they come back at once and the writes run in the database while we read the next group.
-  let nextStored: Promise<Map<string, StoredSignature[]>> | null = order.length ? liveGroup(tx, host, order[0]) : null;
+  let nextStored: Promise<Map<string, StoredSignature[]>> | null = order.length ? storedOf(order[0]) : null;
   for (let gi = 0; gi < order.length; gi++) {
     const s = order[gi];
     summary.groupsRead++;
@@ -307,20 +390,67 @@ async function scanInto(
       const { ids, odd: oddNames } = listIds(d.path);
       ms.list += performance.now() - t0;
       if (oddNames.length) log.info(`${d.dir}/${s}: ${oddNames.length} names that are not queue ids (e.g. ${JSON.stringify(oddNames[0].slice(0, 40))})`);
+      let misplaced: string | null = null;
+      let nMisplaced = 0;
       for (const id of ids) {
-        if (d.dir === 'mess') present.set(id, ['mess', ...(present.get(id) ?? [])]);
-        else {
-          const list = present.get(id);
-          if (list) list.push(d.dir);
-          else present.set(id, [d.dir]);
+        // A mess file in the wrong subdirectory is not where qmail looks for it, nor where we
+        // read: without this, its id would be read (from its right place) in two groups.
+        if (d.dir === 'mess' && splitOf(id, layout.split) !== s) {
+          misplaced ??= id;
+          nMisplaced++;
+          continue;
         }
+        const list = present.get(id);
+        if (list === undefined) present.set(id, [d.dir]);
+        else if (d.dir === 'mess') list.unshift('mess');
+        else list.push(d.dir);
       }
+      if (misplaced !== null) log.info(`${d.dir}/${s}: ${nMisplaced} file(s) in the wrong subdirectory (e.g. ${misplaced})`);
     }
     for (const [id, dirs] of flat) if (splitOf(id, layout.split) === s) present.set(id, [...(present.get(id) ?? []), ...dirs]);
     let t0 = performance.now();
     const stored = await nextStored!;
     ms.db += performance.now() - t0;
     const keep = new Set<number>();
+    let sinceYield = 0;
+
+    /** Record what a full read found (rows: the stored rows of this id). */
+    const record = (outcome: ReadOutcome, rows: readonly StoredSignature[]): void => {
+      if (outcome.status === 'vanished') {
+        summary.skipped++;
+        return;
+      }
+      if (outcome.status === 'unstable') {
+        summary.skipped++;
+        unsettle = true;
+        for (const r of rows) keep.add(r.rowId);
+        return;
+      }
+      if (outcome.status === 'unreadable') {
+        odd(outcome.error);
+        unsettle = true;
+        for (const r of rows) keep.add(r.rowId);
+        return;
+      }
+      const m = outcome.message;
+      const inFlight = m.state.startsWith('in-flight');
+      if (m.line1 === '' && inFlight) {
+        // qmail-queue has not written line 1 yet: nothing to record; intd/todo will follow.
+        summary.skipped++;
+        return;
+      }
+      if (m.problems.length && !inFlight) odd(`${m.files[0]}: ${m.problems.join('; ')}`);
+      const match = rows.find((r) => r.line1 === m.line1);
+      if (match) {
+        buf.update(match.rowId, m);
+        keep.add(match.rowId);
+        summary.updated++;
+      } else {
+        buf.insert(m);
+        summary.new++;
+      }
+    };
+
     for (const [id, dirs] of present) {
       if (dirs[0] !== 'mess') {
         // Files of a message without mess/: qmail-send is finishing it, or they are leftovers.
@@ -329,6 +459,22 @@ async function scanInto(
       }
       if (id.length > 18 && BigInt(id) > 9223372036854775807n) {
         odd(`mess/${s}/${id}: id too large`);
+        continue;
+      }
+      if (++sinceYield === YIELD_EVERY) {
+        // Sync reads hold the event loop: let it send the COPY in flight and take replies.
+        sinceYield = 0;
+        await yieldToLoop();
+      }
+      const rows = stored.get(id);
+      if (rows === undefined) {
+        // Not recorded: nothing to compare, so no stat first; each file is opened once.
+        t0 = performance.now();
+        record(readListedMessage(layout, id, dirs, { keep: keepStrings }), []);
+        ms.read += performance.now() - t0;
+        t0 = performance.now();
+        await buf.flushIfFull();
+        ms.db += performance.now() - t0;
         continue;
       }
       let stats;
@@ -346,7 +492,6 @@ async function scanInto(
         continue;
       }
       const { sig, messSig } = messageSignature(stats);
-      const rows = stored.get(id) ?? [];
       const same = rows.find((r) => r.sig === sig);
       if (same) {
         summary.unchanged++;
@@ -359,7 +504,7 @@ async function scanInto(
           t0 = performance.now();
           const envelope = readEnvelope(layout, id, stats);
           ms.read += performance.now() - t0;
-          buf.envelopes.push({ rowId: messSame.rowId, envelope, sig });
+          buf.envelope(messSame.rowId, envelope, sig);
           keep.add(messSame.rowId);
           summary.updated++;
           if (envelope.problems.length && !envelope.state.startsWith('in-flight')) odd(`message ${id}: ${envelope.problems.join('; ')}`);
@@ -378,51 +523,18 @@ async function scanInto(
         }
       }
       t0 = performance.now();
-      const outcome = readMessageWith(layout, id, stats);
+      record(readMessageWith(layout, id, stats, { keep: keepStrings }), rows);
       ms.read += performance.now() - t0;
-      if (outcome.status === 'vanished') {
-        summary.skipped++;
-        continue;
-      }
-      if (outcome.status === 'unstable') {
-        summary.skipped++;
-        unsettle = true;
-        for (const r of rows) keep.add(r.rowId);
-        continue;
-      }
-      if (outcome.status === 'unreadable') {
-        odd(outcome.error);
-        unsettle = true;
-        for (const r of rows) keep.add(r.rowId);
-        continue;
-      }
-      const m = outcome.message;
-      const inFlight = m.state.startsWith('in-flight');
-      if (m.line1 === '' && inFlight) {
-        // qmail-queue has not written line 1 yet: nothing to record; intd/todo will follow.
-        summary.skipped++;
-        continue;
-      }
-      if (m.problems.length && !inFlight) odd(`${m.files[0]}: ${m.problems.join('; ')}`);
-      const match = rows.find((r) => r.line1 === m.line1);
-      if (match) {
-        buf.updates.push({ rowId: match.rowId, message: messageRow(m) });
-        keep.add(match.rowId);
-        summary.updated++;
-      } else {
-        buf.inserts.push(messageRow(m));
-        summary.new++;
-      }
       t0 = performance.now();
       await buf.flushIfFull();
       ms.db += performance.now() - t0;
     }
     if (orphans.length) log.info(`group ${s}: ${orphans.length} message(s) with files but no mess/ (e.g. ${orphans[0]})`);
-    for (const rows of stored.values()) for (const r of rows) if (!keep.has(r.rowId)) buf.gone.push(r.rowId);
+    for (const rows of stored.values()) for (const r of rows) if (!keep.has(r.rowId)) buf.markGone(r.rowId);
     summary.gone += [...stored.values()].reduce((n, rows) => n + rows.filter((r) => !keep.has(r.rowId)).length, 0);
     if (unsettle) for (const d of groupDirs(layout, s)) nowDirs[`${d.dir}/${s}`] = '';
     if (gi + 1 < order.length) {
-      nextStored = liveGroup(tx, host, order[gi + 1]);
+      nextStored = storedOf(order[gi + 1]);
       nextStored.catch(() => {}); // awaited (and thrown) at the next group
     }
     t0 = performance.now();

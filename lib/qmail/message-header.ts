@@ -152,12 +152,27 @@ function decodeWord(charset: string, encoding: string, data: string): string | n
     }
     bytes = Buffer.from(out);
   }
-  try {
-    // RFC 2231 language suffix: charset*lang.
-    return new TextDecoder(charset.replace(/\*.*$/, '').toLowerCase()).decode(bytes);
-  } catch {
-    return null;
+  const decoder = decoderFor(charset);
+  return decoder === null ? null : decoder.decode(bytes);
+}
+
+/** TextDecoders by charset (null: unknown): spam repeats a few charsets, each made once. */
+const decoders = new Map<string, { decode(bytes: Uint8Array): string } | null>();
+
+function decoderFor(charset: string): { decode(bytes: Uint8Array): string } | null {
+  // RFC 2231 language suffix: charset*lang.
+  const name = charset.replace(/\*.*$/, '').toLowerCase();
+  let d = decoders.get(name);
+  if (d === undefined) {
+    try {
+      d = new TextDecoder(name);
+    } catch {
+      d = null;
+    }
+    if (decoders.size >= 100) decoders.clear();
+    decoders.set(name, d);
   }
+  return d;
 }
 
 /**

@@ -94,18 +94,64 @@ const MONTHS: Record<string, number> = {
 
 /** qmail's date822fmt: `28 Nov 2026 00:22:16 -0000` (no weekday). Null when not that. */
 export function parseQmailDate(text: string): Date | null {
-  // Queued messages share their seconds: a small cache saves a regex and a Date per message.
-  const hit = dateCache.get(text);
-  if (hit !== undefined) return hit === null ? null : new Date(hit);
-  const d = parseDateText(text);
-  if (dateCache.size >= CACHE_MAX) dateCache.clear();
-  dateCache.set(text, d ? d.getTime() : null);
-  return d;
+  const ms = canonicalDate(text);
+  if (ms === undefined) return parseDateText(text);
+  return Number.isNaN(ms) ? null : new Date(ms);
 }
 
 const CACHE_MAX = 10_000;
-const dateCache = new Map<string, number | null>();
 const ipCache = new Map<string, string | null>();
+
+/** "Jan" .. "Dec" by their three character codes. */
+const MONTH_CODES = new Map(Object.entries(MONTHS).map(([name, n]) => [(name.charCodeAt(0) << 16) | (name.charCodeAt(1) << 8) | name.charCodeAt(2), n]));
+
+/** The decimal digit at `i`, or -1. */
+function digitAt(t: string, i: number): number {
+  const c = t.charCodeAt(i) - 48;
+  return c >= 0 && c <= 9 ? c : -1;
+}
+
+/** The two-digit number at `i`, or -1. */
+function twoDigits(t: string, i: number): number {
+  const a = digitAt(t, i);
+  const b = digitAt(t, i + 1);
+  return a < 0 || b < 0 ? -1 : a * 10 + b;
+}
+
+/**
+ * The scan's fast path for the date of every line 1 and line 2: exactly qmail's shape
+ * (`D Mon YYYY HH:MM:SS +HHMM`, one or two day digits, nothing around it), parsed without a
+ * regular expression; the same value parseDateText gives. Undefined for any other shape (then
+ * parseDateText decides), NaN for an impossible date.
+ */
+function canonicalDate(t: string): number | undefined {
+  let day = digitAt(t, 0);
+  if (day < 0) return undefined;
+  let i = 1;
+  const d2 = digitAt(t, 1);
+  if (d2 >= 0) {
+    day = day * 10 + d2;
+    i = 2;
+  }
+  if (t.length !== i + 24) return undefined;
+  if (t.charCodeAt(i) !== 32 || t.charCodeAt(i + 4) !== 32 || t.charCodeAt(i + 9) !== 32 || t.charCodeAt(i + 12) !== 58) return undefined;
+  if (t.charCodeAt(i + 15) !== 58 || t.charCodeAt(i + 18) !== 32) return undefined;
+  const month = MONTH_CODES.get((t.charCodeAt(i + 1) << 16) | (t.charCodeAt(i + 2) << 8) | t.charCodeAt(i + 3));
+  if (month === undefined) return undefined;
+  const sign = t.charCodeAt(i + 19);
+  if (sign !== 43 && sign !== 45) return undefined;
+  const y1 = twoDigits(t, i + 5);
+  const y2 = twoDigits(t, i + 7);
+  const hh = twoDigits(t, i + 10);
+  const mm = twoDigits(t, i + 13);
+  const ss = twoDigits(t, i + 16);
+  const oh = twoDigits(t, i + 20);
+  const om = twoDigits(t, i + 22);
+  if ((y1 | y2 | hh | mm | ss | oh | om) < 0) return undefined;
+  const utc = Date.UTC(y1 * 100 + y2, month, day, hh, mm, ss);
+  const offset = (oh * 60 + om) * 60_000 * (sign === 45 ? -1 : 1);
+  return new Date(utc - offset).getTime();
+}
 
 function parseDateText(text: string): Date | null {
   const m = /^\s*(?:[A-Za-z]{3}, )?(\d{1,2}) ([A-Z][a-z]{2}) (\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})\s*$/.exec(text);

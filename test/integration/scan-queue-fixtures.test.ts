@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QUEUE_DIRS, listIds, openQueue, readMessage } from '../../lib/io/queue-walk.js';
+import { QUEUE_DIRS, type QueueDirName, listIds, openQueue, readListedMessage, readMessage } from '../../lib/io/queue-walk.js';
 import { kindOf } from '../../lib/db/messages.js';
 import { parseBounceFile } from '../../lib/qmail/queue-files.js';
 import { normaliseIp } from '../../lib/qmail/received.js';
@@ -117,6 +117,23 @@ describe.each(snapshots)('the walker on queue-%s', (snapshot) => {
       expect(got, `message ${m.id} (${m.kind}, ${m.state})`).toEqual(want);
       if (m.state === 'in-flight-intd') expect(g.envelopeComplete).toBe(false);
       if (!m.state.startsWith('in-flight')) expect(g.problems, m.id).toEqual([]);
+    }
+  });
+});
+
+describe.each(snapshots)('the cold scan\'s reader on queue-%s', (snapshot) => {
+  it('reads every message exactly as readMessage does, from the listing alone', () => {
+    const layout = openQueue(dirs[snapshot]!);
+    // The listing as scan-queue makes it: each id with its directories, mess first.
+    const listed = new Map<string, QueueDirName[]>();
+    for (const d of QUEUE_DIRS) {
+      const where = layout.splitDirs[d] ? Array.from({ length: layout.split }, (_, s) => path.join(layout.dir, d, String(s))) : [path.join(layout.dir, d)];
+      for (const p of where) for (const id of listIds(p).ids) listed.set(id, [...(listed.get(id) ?? []), d]);
+    }
+    const ids = [...listed].filter(([, ds]) => ds[0] === 'mess').map(([id]) => id);
+    expect(ids.length).toBe((expectedFixture(snapshot).messages as unknown[]).length);
+    for (const id of ids) {
+      for (const keep of [true, false]) expect(readListedMessage(layout, id, listed.get(id)!, { keep }), id).toEqual(readMessage(layout, id));
     }
   });
 });

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openQueue, readMessage, readMessageWith, statMessage } from '../../lib/io/queue-walk.js';
+import { QUEUE_DIRS, type QueueDirName, listIds, openQueue, readListedMessage, readMessage, readMessageWith, statMessage } from '../../lib/io/queue-walk.js';
 import {
   NO_MAILBOX,
   QueueBuilder,
@@ -124,6 +124,36 @@ describe('the adversarial queue', () => {
     expect(r.stderr).toMatch(/not qmail-queue's Received line/);
     expect(r.stderr).toMatch(/\.nfs0001|not queue ids/);
     expect(r.stderr).toMatch(/files but no mess/);
+  });
+
+  it("the cold scan's reader (each file opened once, no stat first) reads every message as readMessage does", () => {
+    const layout = openQueue(q.dir);
+    const listed = new Map<string, QueueDirName[]>();
+    for (const d of QUEUE_DIRS) {
+      const where = layout.splitDirs[d] ? Array.from({ length: layout.split }, (_, s) => path.join(layout.dir, d, String(s))) : [path.join(layout.dir, d)];
+      for (const p of where) for (const id of listIds(p).ids) listed.set(id, [...(listed.get(id) ?? []), d]);
+    }
+    let n = 0;
+    for (const [id, ds] of listed) {
+      if (ds[0] !== 'mess') continue;
+      n++;
+      for (const keep of [true, false]) expect(readListedMessage(layout, id, ds, { keep }), id).toEqual(readMessage(layout, id));
+    }
+    expect(n).toBe(58);
+    // Listed but gone by the time it is read: what readMessage says then, never an error.
+    const gone = q.add({ mess: networkMessage({ ip: '192.0.2.99' }) });
+    const dirsOfGone: QueueDirName[] = ['mess', 'info', 'local'];
+    q.remove(gone);
+    expect(readListedMessage(layout, gone, dirsOfGone)).toEqual({ status: 'vanished' });
+    // todo/ listed, but qmail-send preprocessed it since: read in its new state.
+    const moved = q.add({ mess: networkMessage({ ip: '192.0.2.98' }), state: 'todo', sender: 's@x.example' });
+    const mess = fs.readFileSync(q.path('mess', moved));
+    q.remove(moved);
+    q.add({ id: moved, mess, sender: 's@x.example' });
+    const r = readListedMessage(layout, moved, ['mess', 'todo', 'intd']);
+    expect(r).toEqual(readMessage(layout, moved));
+    expect(r).toMatchObject({ status: 'ok', message: { state: 'preprocessed', sender: 's@x.example' } });
+    q.remove(moved);
   });
 
   it('reads only a bounded head of a 2 MB message, even for a bounce quoting it', () => {
@@ -292,6 +322,108 @@ describe('incremental rescans', () => {
     } finally {
       other.destroy();
     }
+  });
+});
+
+describe('how new messages are recorded: COPY on a server, unnest on the embedded database', () => {
+  const host = { QGUARD_HOST: 'recording' };
+  let q: QueueBuilder;
+  let embedded: TestDb | null = null;
+  const ids: Record<string, string> = {};
+  const oddSender = 'we"ird\\se\tnder@x.example';
+  const oddRecipients = ['a"b@example.net', 'c\\d{,}@example.net', 'jörg@example.net', 'tab\there@remote.example', 'new\nline@remote.example'];
+
+  beforeAll(() => {
+    q = QueueBuilder.create();
+    const t = fixtureTemplates();
+    for (let i = 0; i < 40; i++) {
+      ids[`t${i}`] = q.add({ mess: fromTemplate(t[i % t.length], { ip: `198.51.100.${i}`, pid: 3000 + i }), recipients: ['dave@example.net', 'x@remote.example'] });
+    }
+    // Values that COPY's text format and PostgreSQL's array literals must carry unchanged.
+    ids.odd = q.add({
+      mess:
+        'Received: (qmail 77 invoked from network); 28 Nov 2026 00:22:16 -0000\n' +
+        'Received: from back\\slash.example (HELO we\\ird) (ta\\b@198.51.100.250)\n  by mx.example.net with SMTP; 28 Nov 2026 00:22:16 -0000\n' +
+        'Subject: back\\slash "quoted" {braces}, commas\ttab =?UTF-8?B?w6k=?=\n\nbody\n',
+      sender: oddSender,
+      recipients: oddRecipients,
+    });
+    ids.bounce = q.add({
+      mess: bounceMessage({ original: networkMessage({ ip: '2001:db8::7' }), originalSender: 'a@b.example', failed: [{ address: 'x@example.net', reason: NO_MAILBOX }] }),
+      sender: '',
+      bounce: '<y@example.net>:\nSorry.\n\n',
+    });
+    ids.todo = q.add({ mess: networkMessage({ ip: '::ffff:192.0.2.77' }), state: 'todo' });
+    ids.local = q.add({ mess: localMessage(), sender: 'www@example.net', arrival: new Date(Date.now() - 86_400_000) });
+    // A stray copy of a mess file in the wrong subdirectory: not a message of its own.
+    const stray = ids.t0;
+    fs.copyFileSync(q.path('mess', stray), path.join(q.dir, 'mess', String((Number(stray) + 1) % 23), stray));
+  });
+  afterAll(async () => {
+    q.destroy();
+    await embedded?.drop();
+  });
+
+  const withoutFirstSeen = (rows: Awaited<ReturnType<typeof ls>>) => rows.map((r) => ({ ...r, firstSeen: undefined }));
+
+  it('records every message once, with odd values unchanged, and the embedded database agrees', async () => {
+    const { s, stderr } = await scan(q, ['--no-deny'], host);
+    expect(stderr).toBe('');
+    expect(s).toMatchObject({ scanned: 44, new: 44, errors: 0, skipped: 0 });
+    const rows = await ls(q, [], host);
+    const odd = rows.find((m) => m.id === ids.odd) as unknown as Record<string, unknown>;
+    expect(odd).toMatchObject({
+      sourceIp: '198.51.100.250',
+      helo: 'we\\ird',
+      remoteHost: 'back\\slash.example',
+      remoteInfo: 'ta\\b',
+      sender: oddSender,
+      recipients: oddRecipients,
+      pending: oddRecipients,
+      subject: 'back\\slash "quoted" {braces}, commas tab é',
+      birth: '2026-11-28T00:22:16.000Z',
+    });
+    expect(rows.find((m) => m.id === ids.bounce)).toMatchObject({ kind: 'bounce', sourceIp: '2001:db8::7', sender: '' });
+    expect(rows.find((m) => m.id === ids.todo)).toMatchObject({ state: 'todo', sourceIp: '192.0.2.77' });
+
+    embedded = await createTestDb({ kind: 'embedded' });
+    const r = await runCli('scan-queue', ['--json', '--no-deny'], { env: { ...embedded.env, QGUARD_QUEUE: q.dir, ...host } });
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toMatchObject({ scanned: 44, new: 44, errors: 0 });
+    const e = await runCli('qguard', ['queue', 'ls', '--json'], { env: { ...embedded.env, QGUARD_QUEUE: q.dir, ...host } });
+    expect(e.code).toBe(0);
+    expect(withoutFirstSeen(JSON.parse(e.stdout))).toEqual(withoutFirstSeen(rows));
+    // What the next scan compares with is the same too.
+    const sigs = async (d: TestDb) => {
+      const conn = await d.open();
+      try {
+        const x = await conn.query(
+          "SELECT queue_id::text AS id, line1, sig, mess_sig, arrival, birth FROM qguard.messages WHERE host = 'recording' ORDER BY queue_id",
+        );
+        return x.rows;
+      } finally {
+        await conn.close();
+      }
+    };
+    expect(await sigs(embedded)).toEqual(await sigs(db));
+  });
+
+  it('under --verbose, names the stray file in the wrong subdirectory', async () => {
+    const r = await runCli('scan-queue', ['--verbose', '--no-deny', '--dry-run'], { env: { ...db.env, QGUARD_QUEUE: q.dir, QGUARD_HOST: 'recording-v' } });
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(new RegExp(`1 file\\(s\\) in the wrong subdirectory \\(e\\.g\\. ${ids.t0}\\)`));
+  });
+
+  it('a message recorded as gone that is found again comes back to life: no second row', async () => {
+    const id = ids.t5;
+    const mess = fs.readFileSync(q.path('mess', id));
+    q.remove(id);
+    expect((await scan(q, ['--no-deny'], host)).s).toMatchObject({ scanned: 43, gone: 1 });
+    q.add({ id, mess, recipients: ['dave@example.net', 'x@remote.example'] });
+    expect((await scan(q, ['--no-deny'], host)).s).toMatchObject({ scanned: 44, new: 1, errors: 0 });
+    const mine = (await ls(q, ['--all'], host)).filter((m) => m.id === id);
+    expect(mine.length).toBe(1);
+    expect(mine[0].goneAt).toBeNull();
   });
 });
 
