@@ -1,14 +1,19 @@
-// The database half of import-spamlist: drop the list's networks equal to or inside a live
-// relay/trust network, load the rest into a temporary staging table (server: COPY through
-// pg-copy-streams; embedded PGlite: batched arrays with unnest), diff against the source's rules,
-// let the caller refuse, then merge set-wise — all in ONE transaction, so a refused or failed
-// run changes nothing and a reader never sees half a list. No per-entry statements.
+// The database half of import-spamlist, in ONE transaction, so a refused or failed run changes
+// nothing and a reader never sees half a list: drop the list's networks equal to or inside a
+// live relay/trust network, read the rules the source holds now (one binary value, not a row
+// per rule), let lib/spamlist/list-diff.ts decide what changes, let the caller refuse, then
+// write only the changes — new networks with COPY straight into qguard.rules (embedded PGlite:
+// batched arrays), rewrites and deletions by id in set-wise statements. No per-entry
+// statements; an unchanged list writes nothing. Every write goes through qguard.rules, so its
+// statement triggers audit each rule (one row per rule) and bump the change counter.
 
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Db, Queryable } from './connect.js';
 import { dbError } from './connect.js';
-import { type Net, formatNetShort, mustParseNet } from '../net/address.js';
+import { TemporaryError } from '../errors.js';
+import { type Net, formatNet, formatNetShort, mustParseNet } from '../net/address.js';
+import { type ListDiff, type StoredRules, diffList } from '../spamlist/list-diff.js';
 
 /** The list to store, made once the relay/trust networks are known (lib/spamlist/entry-set.ts). */
 export interface StagedList {
@@ -16,10 +21,10 @@ export interface StagedList {
   dropped: { net: Net; inside: Net }[];
   /** Networks to store. */
   networks: number;
-  /** The networks as CIDR text, streamed once. */
-  texts(): Iterable<string>;
-  /** The same as COPY text: one network a line, in chunks. */
-  chunks(): Iterable<Buffer>;
+  /** The IPv4 networks as numbers (address * 64 + prefix), ascending, distinct. */
+  v4: Float64Array;
+  /** The IPv6 networks, distinct. */
+  v6: Net[];
 }
 
 /** What the import would change (or changed): computed before any write. */
@@ -47,49 +52,267 @@ export interface SpamlistMerge {
   source: string;
   /** Stored as each rule's reason. */
   reason: string;
-  /** Expiry from now, seconds; null = never. */
+  /**
+   * Expiry from now, seconds; null = never. A stored expiry still at least half of it away
+   * (and not beyond it) is left as it is: see `expiryIsCurrent`.
+   */
   ttlSeconds: number | null;
   /** After the run the source holds exactly this list. */
   replace: boolean;
   /** Compute and report only. */
   dryRun: boolean;
-  /** Called with the diff before anything is written; throw to refuse (nothing changes). */
-  check(diff: SpamlistDiff): void;
+  /** Called with the diff before anything is written; throw (or reject) to refuse: nothing changes. */
+  check(diff: SpamlistDiff): void | Promise<void>;
   /** Told which phase starts (for a progress line). */
   onPhase?(phase: string): void;
 }
 
-const STAGE = 'pg_temp.qguard_spamlist_stage';
+/** Rows per write statement: each statement's audit trigger holds its rows in memory (work_mem). */
+const WRITE_BATCH = 100_000;
+/** Networks per INSERT on the embedded database (no COPY there). */
+const EMBEDDED_BATCH = 5000;
+/** Seconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01. */
+const PG_EPOCH_SECONDS = 946_684_800;
+/** Attempts when another writer changes the source between our read and our writes. */
+const ATTEMPTS = 3;
 
-/** Rows per unnest batch (embedded database). */
-const BATCH = 5000;
+/** The expiry this run writes: `now() + ttl`, or NULL. `$N` is the ttl in seconds (float8). */
+const expirySql = (n: number) =>
+  `CASE WHEN $${n}::double precision IS NULL THEN NULL ELSE now() + make_interval(secs => $${n}::double precision) END`;
 
-async function loadServer(db: Db, chunks: Iterable<Buffer>): Promise<void> {
-  const { from: copyFrom } = await import('pg-copy-streams');
-  const client = db.pgClient!;
-  try {
-    const sink = client.query(copyFrom(`COPY ${STAGE} (network) FROM STDIN`));
-    await pipeline(Readable.from(chunks), sink);
-  } catch (err) {
-    throw dbError(err, 'loading the list into the staging table failed');
+/**
+ * Is a stored expiry what this run would write? Without --for: no expiry. With --for DUR: an
+ * expiry between now + DUR/2 and now + DUR is kept. Rewriting it would cost a row version in
+ * every index of qguard.rules and an audit row for each of a million entries on every run
+ * (80 s for a million), only to move the date by the time since the last run; kept, a listed
+ * entry still stays at least DUR/2 ahead of expiry, each entry is rewritten at most once per
+ * DUR/2, and an entry the list stops naming lapses between DUR/2 and DUR after its last
+ * listing. A stored expiry beyond now + DUR (--for was shortened) or missing is rewritten.
+ * `$N` is the ttl in seconds (float8); `t.half`/`t.full` come from the query's bounds.
+ */
+const expiryIsCurrent = (n: number) =>
+  `CASE WHEN $${n}::double precision IS NULL THEN r.expires_at IS NULL
+        ELSE r.expires_at BETWEEN t.half AND t.full END`;
+
+/** Flag bits of list-diff.ts for rule `r` (UNSCOPED 1, LIVE 2, CURRENT 4); $2 reason, $3 ttl. */
+const FLAGS_SQL = `(CASE WHEN r.host IS NULL THEN 1 ELSE 0 END
+      + CASE WHEN r.expires_at IS NULL OR r.expires_at > now() THEN 2 ELSE 0 END
+      + CASE WHEN r.host IS NULL AND r.action = 'deny' AND r.reason IS NOT DISTINCT FROM $2 AND r.who IS NULL
+                  AND ${expiryIsCurrent(3)} THEN 4 ELSE 0 END)`;
+
+/** The source's rules with their flags: `r` joined with the expiry bounds `t`. */
+const SOURCE_RULES = `qguard.rules r,
+      (SELECT now() + make_interval(secs => $3::double precision / 2) AS half,
+              now() + make_interval(secs => $3::double precision) AS full) t
+  WHERE r.source = $1`;
+
+/**
+ * Every rule of the source with the flags list-diff needs. IPv4 as two binary values, one
+ * 8-byte number a rule each — (address * 64 + prefix) * 8 + flags, and the id — so a million
+ * rules cost two 7 MB values instead of a million rows to parse (the same on PGlite); IPv6 as
+ * rows.
+ */
+async function readSource(tx: Queryable, opts: SpamlistMerge): Promise<StoredRules> {
+  const params = [opts.source, opts.reason, opts.ttlSeconds];
+  const r4 = await tx.query<{ k: Uint8Array | null; i: Uint8Array | null }>(
+    `SELECT string_agg(int8send(((r.network - '0.0.0.0'::inet) * 64 + masklen(r.network)) * 8 + ${FLAGS_SQL}), ''::bytea) AS k,
+            string_agg(int8send(r.id), ''::bytea) AS i
+       FROM ${SOURCE_RULES} AND family(r.network) = 4`,
+    params,
+  );
+  const asBuffer = (u: Uint8Array | null | undefined) =>
+    u ? Buffer.from(u.buffer, u.byteOffset, u.byteLength) : Buffer.alloc(0);
+  const k = asBuffer(r4.rows[0]?.k);
+  const id = asBuffer(r4.rows[0]?.i);
+  const n4 = k.length / 8;
+  const v4Keys = new Float64Array(n4);
+  const v4Ids = new Float64Array(n4);
+  const v4Flags = new Uint8Array(n4);
+  for (let j = 0, o = 0; j < n4; j++, o += 8) {
+    // Both numbers are positive and below 2^53: two 32-bit halves are exact.
+    const kf = k.readUInt32BE(o) * 4294967296 + k.readUInt32BE(o + 4);
+    const flags = kf % 8;
+    v4Keys[j] = (kf - flags) / 8;
+    v4Flags[j] = flags;
+    v4Ids[j] = id.readUInt32BE(o) * 4294967296 + id.readUInt32BE(o + 4);
+  }
+  const r6 = await tx.query<{ id: number; cidr: string; flags: number }>(
+    `SELECT r.id, r.network::text AS cidr, ${FLAGS_SQL} AS flags FROM ${SOURCE_RULES} AND family(r.network) = 6`,
+    params,
+  );
+  const v6 = r6.rows.map((x) => ({ net: mustParseNet(x.cidr), id: Number(x.id), flags: Number(x.flags) }));
+  return { v4Keys, v4Ids, v4Flags, n4, v6 };
+}
+
+/** `{1,2,3}`: an id array as one parameter (a million ids: one string, not a million values). */
+function idArray(ids: number[], from: number, to: number): string {
+  return `{${ids.slice(from, to).join(',')}}`;
+}
+
+/** Delete rules by id. */
+async function removeRules(tx: Queryable, ids: number[]): Promise<void> {
+  for (let i = 0; i < ids.length; i += WRITE_BATCH) {
+    await tx.query('DELETE FROM qguard.rules r USING unnest($1::bigint[]) AS d(id) WHERE r.id = d.id', [
+      idArray(ids, i, i + WRITE_BATCH),
+    ]);
   }
 }
 
-async function loadEmbedded(tx: Queryable, networks: Iterable<string>): Promise<void> {
-  let batch: string[] = [];
-  const flush = async () => {
-    await tx.query(`INSERT INTO ${STAGE} (network) SELECT unnest($1::text[])::cidr`, [batch]);
-    batch = [];
+/** Rewrite rules by id as this run's entries; false when some had gone meanwhile. */
+async function rewriteRules(tx: Queryable, ids: number[], opts: SpamlistMerge): Promise<boolean> {
+  let done = 0;
+  for (let i = 0; i < ids.length; i += WRITE_BATCH) {
+    const r = await tx.query(
+      `UPDATE qguard.rules r
+          SET action = 'deny', reason = $2, who = NULL, expires_at = ${expirySql(3)}, updated_at = now()
+         FROM unnest($1::bigint[]) AS u(id)
+        WHERE r.id = u.id AND r.source = $4`,
+      [idArray(ids, i, i + WRITE_BATCH), opts.reason, opts.ttlSeconds, opts.source],
+    );
+    done += r.rowCount;
+  }
+  return done === ids.length;
+}
+
+const v4Text = (key: number) => {
+  const prefix = key % 64;
+  const a = (key - prefix) / 64;
+  return `${Math.floor(a / 16777216)}.${Math.floor(a / 65536) % 256}.${Math.floor(a / 256) % 256}.${a % 256}/${prefix}`;
+};
+
+/**
+ * New rules as PostgreSQL's binary COPY format, in chunks of about 64 kB: per row the network
+ * (cidr: family, bits, is_cidr, length, address bytes) followed by the same bytes for action,
+ * source, reason and expiry. The server reads binary values without parsing text.
+ */
+function* copyRows(keys: number[], v6: Net[], opts: SpamlistMerge, nowMicros: number): Generator<Buffer> {
+  const field = (v: Buffer) => {
+    const b = Buffer.alloc(4 + v.length);
+    b.writeInt32BE(v.length);
+    v.copy(b, 4);
+    return b;
   };
-  for (const n of networks) {
-    batch.push(n);
-    if (batch.length === BATCH) await flush();
+  let expiry: Buffer;
+  if (opts.ttlSeconds === null) {
+    expiry = Buffer.alloc(4);
+    expiry.writeInt32BE(-1); // NULL
+  } else {
+    const e = Buffer.alloc(8);
+    e.writeBigInt64BE(BigInt(nowMicros - PG_EPOCH_SECONDS * 1_000_000 + Math.round(opts.ttlSeconds * 1_000_000)));
+    expiry = field(e);
   }
-  if (batch.length > 0) await flush();
+  const tail = Buffer.concat([
+    field(Buffer.from('deny')),
+    field(Buffer.from(opts.source)),
+    field(Buffer.from(opts.reason)),
+    expiry,
+  ]);
+  const size = 1 << 16;
+  const rowMax = 2 + 4 + 20 + tail.length;
+  let buf = Buffer.allocUnsafe(size);
+  // Signature, flags, header extension length.
+  let pos = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1').copy(buf, 0);
+  pos = buf.writeInt32BE(0, pos);
+  pos = buf.writeInt32BE(0, pos);
+  const room = () => {
+    if (pos <= size - rowMax) return null;
+    const out = buf.subarray(0, pos);
+    buf = Buffer.allocUnsafe(size);
+    pos = 0;
+    return out;
+  };
+  for (const key of keys) {
+    const full = room();
+    if (full) yield full;
+    const prefix = key % 64;
+    const a = (key - prefix) / 64;
+    buf.writeInt16BE(5, pos);
+    buf.writeInt32BE(8, pos + 2);
+    buf[pos + 6] = 2; // PGSQL_AF_INET
+    buf[pos + 7] = prefix;
+    buf[pos + 8] = 1; // is_cidr
+    buf[pos + 9] = 4;
+    buf.writeUInt32BE(a, pos + 10);
+    pos += 14;
+    pos += tail.copy(buf, pos);
+  }
+  for (const net of v6) {
+    const full = room();
+    if (full) yield full;
+    buf.writeInt16BE(5, pos);
+    buf.writeInt32BE(20, pos + 2);
+    buf[pos + 6] = 3; // PGSQL_AF_INET6
+    buf[pos + 7] = net.prefix;
+    buf[pos + 8] = 1;
+    buf[pos + 9] = 16;
+    buf.writeBigUInt64BE(net.addr >> 64n, pos + 10);
+    buf.writeBigUInt64BE(net.addr & 0xffffffffffffffffn, pos + 18);
+    pos += 26;
+    pos += tail.copy(buf, pos);
+  }
+  buf.writeInt16BE(-1, pos); // trailer
+  yield buf.subarray(0, pos + 2);
 }
 
-/** Apart from the expiry, is a stored rule `r` already what this import would write? */
-const SAME = `r.action = 'deny' AND r.reason IS NOT DISTINCT FROM $2 AND r.who IS NULL`;
+/** Insert new rules: COPY straight into qguard.rules (server), batched unnest (embedded). */
+async function insertRules(db: Db, tx: Queryable, keys: number[], v6: Net[], opts: SpamlistMerge): Promise<void> {
+  if (db.pgClient) {
+    const { from: copyFrom } = await import('pg-copy-streams');
+    const now = await tx.query<{ us: number }>('SELECT (extract(epoch FROM now()) * 1000000)::int8 AS us');
+    const nowMicros = Number(now.rows[0].us);
+    // One COPY per batch; the IPv6 networks ride with the last.
+    for (let i = 0; i === 0 || i < keys.length; i += WRITE_BATCH) {
+      const last = i + WRITE_BATCH >= keys.length;
+      const sink = db.pgClient.query(
+        copyFrom('COPY qguard.rules (network, action, source, reason, expires_at) FROM STDIN (FORMAT binary)'),
+      );
+      await pipeline(Readable.from(copyRows(keys.slice(i, i + WRITE_BATCH), last ? v6 : [], opts, nowMicros)), sink);
+    }
+    return;
+  }
+  const texts = [...keys.map(v4Text), ...v6.map(formatNet)];
+  for (let i = 0; i < texts.length; i += EMBEDDED_BATCH) {
+    await tx.query(
+      `INSERT INTO qguard.rules (network, action, source, reason, expires_at)
+       SELECT n::cidr, 'deny', $2, $3, ${expirySql(4)} FROM unnest($1::text[]) AS u(n)`,
+      [texts.slice(i, i + EMBEDDED_BATCH), opts.source, opts.reason, opts.ttlSeconds],
+    );
+  }
+}
+
+/** Is `err` (possibly wrapped by dbError) a unique violation? */
+function isUniqueViolation(err: unknown): boolean {
+  for (let e = err as { code?: string; cause?: unknown } | undefined; e; e = e.cause as typeof e) {
+    if (e.code === '23505') return true;
+  }
+  return false;
+}
+
+/**
+ * Write `plan`. Returns false when another writer changed the source between our read and our
+ * writes (a rule to rewrite was gone, or a network to insert had appeared: the inserts are then
+ * undone to their savepoint); the caller reads again and writes what is left.
+ */
+async function apply(db: Db, tx: Queryable, plan: ListDiff, opts: SpamlistMerge): Promise<boolean> {
+  let ok = true;
+  if (plan.remove.length > 0) await removeRules(tx, plan.remove);
+  if (plan.rewrite.length > 0) ok = await rewriteRules(tx, plan.rewrite, opts);
+  if (plan.insert4.length + plan.insert6.length > 0) {
+    // Plain inserts, not INSERT ... ON CONFLICT (10% dearer a row): the diff was read under the
+    // source's advisory lock, so only a writer outside import-spamlist (`qguard ip deny
+    // --source list:NAME`) can have added one of these networks since.
+    await tx.exec('SAVEPOINT qguard_spamlist_insert');
+    try {
+      await insertRules(db, tx, plan.insert4, plan.insert6, opts);
+      await tx.exec('RELEASE SAVEPOINT qguard_spamlist_insert');
+    } catch (err) {
+      if (!isUniqueViolation(err)) throw dbError(err, 'storing the new entries failed');
+      await tx.exec('ROLLBACK TO SAVEPOINT qguard_spamlist_insert');
+      ok = false;
+    }
+  }
+  return ok;
+}
 
 /**
  * Fetch the relay/trust networks and let `plan` make the list without what lies inside them;
@@ -105,8 +328,7 @@ export async function mergeSpamlist(
   return db.transaction(async (tx) => {
     // Two imports of the same list (two hosts' cron) take turns instead of colliding.
     await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`qguard import-spamlist ${opts.source}`]);
-    // Sorts, joins and hashes over a million rows: give them memory; compiling the
-    // statements (JIT) costs more than it saves here.
+    // Compiling the statements (JIT) costs more than it saves here.
     await tx.exec("SET LOCAL work_mem = '64MB'; SET LOCAL jit = off");
 
     // Entries equal to or inside a relay/trust network would be more specific than it and so
@@ -123,30 +345,10 @@ export async function mergeSpamlist(
     const list = plan([...outer.keys()]);
     const dropped = list.dropped;
 
-    await tx.exec(`CREATE TEMP TABLE qguard_spamlist_stage (network cidr NOT NULL) ON COMMIT DROP`);
-    opts.onPhase?.('loading the staging table');
-    if (db.pgClient) await loadServer(db, list.chunks());
-    else await loadEmbedded(tx, list.texts());
-    await tx.exec(`ANALYZE ${STAGE}`);
-
-    const ttl = opts.ttlSeconds;
+    opts.onPhase?.('reading the rules of the source');
+    const stored = await readSource(tx, opts);
     opts.onPhase?.('comparing');
-    // One pass over both sides: the source's live rules (all of them, for `existing`) against
-    // the list; only an unscoped rule counts as a match. A merge join reads the rules in index
-    // order and beats hashing a million list rows, which the planner would pick.
-    await tx.exec('SET LOCAL enable_hashjoin = off');
-    const diffRow = await tx.query<{ existing: number; matched: number; unchanged: number }>(
-      `SELECT count(r.network)::int AS existing,
-              count(*) FILTER (WHERE s.network IS NOT NULL AND r.network IS NOT NULL AND r.host IS NULL)::int AS matched,
-              count(*) FILTER (WHERE s.network IS NOT NULL AND r.network IS NOT NULL AND r.host IS NULL
-                                 AND ${SAME} AND r.expires_at IS NULL AND $3::double precision IS NULL)::int AS unchanged
-         FROM ${STAGE} s
-         FULL JOIN (SELECT network, host, action, reason, who, expires_at
-                      FROM qguard.live_rules WHERE source = $1) r ON r.network = s.network`,
-      [opts.source, opts.reason, ttl],
-    );
-    await tx.exec('SET LOCAL enable_hashjoin = on');
-    const d = diffRow.rows[0];
+    let changes = diffList(list.v4, list.v6, stored, opts.replace);
     const diff: SpamlistDiff = {
       staged: list.networks,
       skipped: dropped.length,
@@ -154,55 +356,30 @@ export async function mergeSpamlist(
         const o = outer.get(inside)!;
         return `${formatNetShort(net)} inside ${formatNetShort(inside)} (${o.action}, ${o.source})`;
       }),
-      existing: d.existing,
-      unchanged: d.unchanged,
-      refreshed: d.matched - d.unchanged,
-      added: list.networks - d.matched,
-      removed: opts.replace ? d.existing - d.matched : 0,
+      existing: changes.existing,
+      unchanged: changes.unchanged,
+      refreshed: changes.matched - changes.unchanged,
+      added: list.networks - changes.matched,
+      removed: opts.replace ? changes.existing - changes.matched : 0,
     };
-    opts.check(diff);
+    await opts.check(diff);
     if (opts.dryRun) return diff;
 
-    opts.onPhase?.('merging');
-    if (opts.replace && diff.removed + (await expiredOf(tx, opts.source)) > 0) {
-      // Everything of the source that the list no longer names (expired leftovers included).
-      // Written as an anti-join, which the planner never turns into a per-row subquery.
-      await tx.query(
-        `DELETE FROM qguard.rules r
-          USING (SELECT o.id FROM qguard.rules o
-                   LEFT JOIN ${STAGE} s ON s.network = o.network AND o.host IS NULL
-                  WHERE o.source = $1 AND s.network IS NULL) gone
-          WHERE r.id = gone.id`,
-        [opts.source],
-      );
+    opts.onPhase?.('writing');
+    const planned = changes.insert4.length + changes.insert6.length + changes.rewrite.length + changes.remove.length;
+    for (let attempt = 1; !(await apply(db, tx, changes, opts)); attempt++) {
+      if (attempt === ATTEMPTS) {
+        throw new TemporaryError(`the rules of ${opts.source} kept changing during the import: nothing changed, run it again`);
+      }
+      // Someone else wrote rules of this source meanwhile: what is left to do is the diff now.
+      changes = diffList(list.v4, list.v6, await readSource(tx, opts), opts.replace);
     }
-    if (diff.added + diff.refreshed > 0) {
-      // New networks, and stored ones that differ (expiry, reason, action) or have expired:
-      // one INSERT; ON CONFLICT rewrites an existing row of the source in place.
-      await tx.query(
-        `INSERT INTO qguard.rules AS r (network, action, source, reason, who, expires_at, host)
-         SELECT s.network, 'deny', $1, $2, NULL,
-                CASE WHEN $3::double precision IS NULL THEN NULL ELSE now() + make_interval(secs => $3::double precision) END,
-                NULL
-           FROM ${STAGE} s
-          WHERE NOT EXISTS (SELECT 1 FROM qguard.live_rules r
-                             WHERE r.network = s.network AND r.source = $1 AND r.host IS NULL
-                               AND ${SAME} AND r.expires_at IS NULL AND $3::double precision IS NULL)
-         ON CONFLICT ON CONSTRAINT rules_unique DO UPDATE
-           SET action = 'deny', reason = EXCLUDED.reason, who = NULL,
-               expires_at = EXCLUDED.expires_at, updated_at = now()`,
-        [opts.source, opts.reason, ttl],
-      );
+    if (planned >= WRITE_BATCH) {
+      // A large change leaves the planner's statistics behind (a first import into an empty
+      // table: "a few rows"), and the next run's read would pick an index scan over the whole
+      // source; autovacuum would catch up within minutes, this at once (a sample: ~0.2 s).
+      await tx.exec('ANALYZE qguard.rules');
     }
     return diff;
   });
-}
-
-/** Rules of the source that have expired but are not deleted yet. */
-async function expiredOf(tx: Queryable, source: string): Promise<number> {
-  const r = await tx.query<{ n: number }>(
-    'SELECT count(*)::int AS n FROM qguard.rules WHERE source = $1 AND expires_at <= now()',
-    [source],
-  );
-  return r.rows[0].n;
 }

@@ -17,6 +17,10 @@ export interface AggregateResult {
   aggregated: number;
   /** Networks to store. */
   networks: number;
+  /** The IPv4 networks to store as numbers (address * 64 + prefix), ascending. */
+  v4: Float64Array;
+  /** The IPv6 networks to store, ascending. */
+  v6: Net[];
   /** The networks as CIDR text (`1.2.3.0/24`, `1.2.3.4/32`), IPv4 first, in address order. */
   texts(): Generator<string>;
   /** The same, one per line (`\n`), as UTF-8 chunks of about 64 kB: COPY's text format. */
@@ -101,13 +105,18 @@ export class EntrySet {
 
   /** Add an IPv4 network given as numbers (address with host bits clear, prefix 0-32). */
   addV4(addr: number, prefix: number): void {
+    this.addV4Key(addr * 64 + prefix);
+  }
+
+  /** Add an IPv4 network given as one number, address * 64 + prefix (quickDottedQuadBytes). */
+  addV4Key(key: number): void {
     this.sorted = false;
     if (this.n4 === this.v4.length) {
       const bigger = new Float64Array(this.v4.length * 2);
       bigger.set(this.v4);
       this.v4 = bigger;
     }
-    this.v4[this.n4++] = addr * 64 + prefix;
+    this.v4[this.n4++] = key;
   }
 
   /** Sort the IPv4 entries (once): by address, then broadest first; repeats adjacent. */
@@ -256,6 +265,8 @@ export class EntrySet {
       duplicate,
       aggregated: unique - networks,
       networks,
+      v4: out4.subarray(0, m4),
+      v6: out6,
       *texts() {
         for (let i = 0; i < m4; i++) {
           const k = out4[i];

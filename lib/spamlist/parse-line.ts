@@ -74,6 +74,87 @@ export function quickDottedQuad(text: string): { addr: number; prefix: number } 
   return { addr, prefix: p };
 }
 
+/**
+ * quickDottedQuad on the bytes `buf[start, end)` of a line (without its `\n`; a trailing `\r`
+ * is ignored), with no string made: the network as one number, address * 64 + prefix, or -1
+ * for anything else. This is the reader's hot path, once per line of a million-line list; a
+ * property test holds it equal to quickDottedQuad.
+ */
+export function quickDottedQuadBytes(buf: Uint8Array, start: number, end: number): number {
+  if (end > start && buf[end - 1] === 13) end--;
+  const n = end - start;
+  if (n < 7 || n > 18) return -1;
+  let addr = 0;
+  let i = start;
+  for (let part = 0; part < 4; part++) {
+    const first = i;
+    let v = 0;
+    while (i < end) {
+      const c = buf[i];
+      if (c < 48 || c > 57) break;
+      v = v * 10 + (c - 48);
+      i++;
+    }
+    const len = i - first;
+    if (len === 0 || len > 3 || v > 255) return -1;
+    if (len > 1 && buf[first] === 48) return -1; // leading zero: let parseNet explain
+    addr = addr * 256 + v;
+    if (part < 3) {
+      if (i >= end || buf[i] !== 46) return -1;
+      i++;
+    }
+  }
+  if (i === end) return addr * 64 + 32;
+  if (buf[i] !== 47) return -1;
+  i++;
+  const first = i;
+  let p = 0;
+  while (i < end) {
+    const c = buf[i];
+    if (c < 48 || c > 57) return -1;
+    p = p * 10 + (c - 48);
+    i++;
+  }
+  const len = i - first;
+  if (len === 0 || len > 2 || p > 32 || (len > 1 && buf[first] === 48)) return -1;
+  // Host bits set: parseNet refuses it and names the network meant.
+  if (addr % 2 ** (32 - p) !== 0) return -1;
+  return addr * 64 + p;
+}
+
+/** What quickLineBytes says of a blank or comment line. */
+export const QUICK_SKIP = -2;
+
+/** Blanks that String.prototype.trim removes, in ASCII: space, tab, CR, VT, FF. */
+const isBlank = (c: number) => c === 32 || c === 9 || c === 13 || c === 11 || c === 12;
+
+/**
+ * The reader's hot path over the bytes `buf[start, end)` of one line: a plain IPv4 entry
+ * (`1.2.3.4`, `1.2.3.0/24`, with blanks around it and a trailing `;`/`#` comment, as in
+ * Spamhaus DROP) as one number, address * 64 + prefix; QUICK_SKIP for a blank or comment
+ * line; -1 for anything else, which parseLine then reads. Whenever this answers, parseLine
+ * answers the same (a property test holds it to that).
+ */
+export function quickLineBytes(buf: Uint8Array, start: number, end: number): number {
+  if (end - start > MAX_LINE) return -1; // parseLine reports it, comment or not
+  let s = start;
+  while (s < end && isBlank(buf[s])) s++;
+  if (s === end) return QUICK_SKIP;
+  const c = buf[s];
+  if (c === 35 /* # */ || c === 59 /* ; */) return QUICK_SKIP;
+  if (c < 48 || c > 57) return -1;
+  let e = s;
+  while (e < end) {
+    const b = buf[e];
+    if (isBlank(b) || b === 35 || b === 59) break;
+    e++;
+  }
+  let t = e;
+  while (t < end && isBlank(buf[t])) t++;
+  if (t < end && buf[t] !== 35 && buf[t] !== 59) return -1;
+  return quickDottedQuadBytes(buf, s, e);
+}
+
 function v4Net(addr: number, prefix: number): Net {
   return { family: 4, addr: BigInt(addr), prefix };
 }
@@ -91,11 +172,18 @@ export function parseEntryText(text: string): LineResult {
   return r.ok ? { kind: 'nets', nets: [r.net] } : invalid(r.error);
 }
 
+/** A plain dotted quad without a prefix, as parseIp reads it; null for anything else. */
+function quickIp(text: string): { ok: true; net: Net } | null {
+  if (text.includes('/')) return null;
+  const quick = quickDottedQuad(text);
+  return quick ? { ok: true, net: v4Net(quick.addr, 32) } : null;
+}
+
 /** `a.b.c.d-e.f.g.h`, `a::1-a::ff`, or the short IPv4 form `a.b.c.d-h` (last part only). */
 function parseRange(text: string, dash: number): LineResult {
   const left = text.slice(0, dash).trim();
   const right = text.slice(dash + 1).trim();
-  const lo = parseIp(left);
+  const lo = quickIp(left) ?? parseIp(left);
   if (!lo.ok) return invalid(`range start: ${lo.error}`);
   let hi;
   if (/^\d+$/.test(right) && lo.net.family === 4) {
@@ -105,7 +193,7 @@ function parseRange(text: string, dash: number): LineResult {
     }
     hi = { ok: true as const, net: { family: 4 as const, addr: (lo.net.addr & ~0xffn) | BigInt(right), prefix: 32 } };
   } else {
-    hi = parseIp(right);
+    hi = quickIp(right) ?? parseIp(right);
     if (!hi.ok) return invalid(`range end: ${hi.error}`);
   }
   if (hi.net.family !== lo.net.family) return invalid(`range mixes IPv4 and IPv6: ${quoteInput(text)}`);

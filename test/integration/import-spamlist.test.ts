@@ -7,7 +7,8 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { type TestDb, createTestDb } from '../helpers/db.js';
+import { type TestDb, createTestDb, serverAvailable } from '../helpers/db.js';
+import { mergeSpamlist } from '../../lib/db/spamlist.js';
 import { runCli } from '../helpers/cli.js';
 import { haveTools } from '../helpers/tools.js';
 
@@ -330,18 +331,33 @@ describe('import-spamlist (PostgreSQL server or the fallback)', () => {
     expect(() => JSON.parse(ok.stdout)).not.toThrow();
   });
 
-  it('--for sets the expiry; a re-import refreshes it', async () => {
+  it('--for sets the expiry; a re-import renews it once less than half of it is left', async () => {
     const r = await imp(['--source', 'ttl', '--for', '2d', '--json'], '100.92.0.1\n');
     expect(json(r.stdout)).toMatchObject({ added: 1 });
     const [rule] = await rules('list:ttl');
     const left = Date.parse(rule.expiresAt!) - Date.now();
     expect(left).toBeGreaterThan(2 * 86400_000 - 120_000);
     expect(left).toBeLessThanOrEqual(2 * 86400_000);
-    await new Promise((res) => setTimeout(res, 1100));
+    // More than half of the 2 days left: the entry stays as it is, nothing is written.
+    const before = await footprint();
     const again = await imp(['--source', 'ttl', '--for', '2d', '--json'], '100.92.0.1\n');
-    expect(json(again.stdout)).toMatchObject({ added: 0, refreshed: 1, unchanged: 0 });
+    expect(json(again.stdout)).toMatchObject({ added: 0, refreshed: 0, unchanged: 1 });
+    expect(await footprint()).toBe(before);
+    // Less than half left (a day and a minute have passed): renewed to the full 2 days.
+    const db = await t.open();
+    try {
+      await db.query(`UPDATE qguard.rules SET expires_at = now() + interval '1 day' - interval '1 minute' WHERE source = 'list:ttl'`);
+    } finally {
+      await db.close();
+    }
+    const renewed = await imp(['--source', 'ttl', '--for', '2d', '--json'], '100.92.0.1\n');
+    expect(json(renewed.stdout)).toMatchObject({ added: 0, refreshed: 1, unchanged: 0 });
     const [later] = await rules('list:ttl');
-    expect(Date.parse(later.expiresAt!)).toBeGreaterThan(Date.parse(rule.expiresAt!));
+    expect(Date.parse(later.expiresAt!) - Date.now()).toBeGreaterThan(2 * 86400_000 - 120_000);
+    // A shorter --for: the stored expiry lies beyond it, so it is brought in at once.
+    const shorter = await imp(['--source', 'ttl', '--for', '1h', '--json'], '100.92.0.1\n');
+    expect(json(shorter.stdout)).toMatchObject({ refreshed: 1 });
+    expect(Date.parse((await rules('list:ttl'))[0].expiresAt!) - Date.now()).toBeLessThanOrEqual(3600_000);
     // Without --for the entry no longer lapses.
     const forever = await imp(['--source', 'ttl', '--json'], '100.92.0.1\n');
     expect(json(forever.stdout)).toMatchObject({ refreshed: 1 });
@@ -462,6 +478,64 @@ describe('import-spamlist on the embedded database', () => {
     const stored = await cidrs('list:emb');
     expect(stored).toHaveLength(5001);
     expect(stored).toContain('100.99.0.0/24');
+  });
+});
+
+// The diff is read once, then only the changes are written. A writer outside import-spamlist
+// (`qguard ip deny --source list:NAME`, housekeeping expiring a rule) may change the source in
+// between: the import must still leave exactly the list, each change audited once. (A server
+// only: the embedded database has one user at a time.)
+describe.skipIf(!(await serverAvailable()))('import-spamlist when the source changes between its read and its writes', () => {
+  let t: TestDb;
+  beforeAll(async () => {
+    t = await createTestDb({ kind: 'server' });
+  });
+  afterAll(async () => {
+    await t?.drop();
+  });
+
+  it('a network inserted and a rule deleted meanwhile: the list is stored exactly, audited once a change', async () => {
+    const db = await t.open();
+    const other = await t.open();
+    try {
+      await db.query(`INSERT INTO qguard.rules (network, action, source, reason) VALUES ('100.95.0.3/32', 'deny', 'list:race', 'old reason')`);
+      const auditBefore = Number((await db.query<{ n: number }>('SELECT count(*) AS n FROM qguard.audit')).rows[0].n);
+      const keys = Float64Array.from([1, 2, 3], (i) => (0x645f0000 + i) * 64 + 32); // 100.95.0.1-3
+      let raced = 0;
+      const diff = await mergeSpamlist(db, () => ({ dropped: [], networks: 3, v4: keys, v6: [] }), {
+        source: 'list:race',
+        reason: 'listed by race',
+        ttlSeconds: null,
+        replace: true,
+        dryRun: false,
+        async check(d) {
+          // Planned: insert .1 and .2, rewrite .3. Someone adds .2 and deletes .3 first.
+          expect(d).toMatchObject({ added: 2, refreshed: 1, existing: 1 });
+          raced++;
+          await other.query(`INSERT INTO qguard.rules (network, action, source, who) VALUES ('100.95.0.2/32', 'deny', 'list:race', 'admin')`);
+          await other.query(`DELETE FROM qguard.rules WHERE network = '100.95.0.3/32'`);
+        },
+      });
+      expect(raced).toBe(1);
+      expect(diff).toMatchObject({ added: 2, refreshed: 1 });
+      const rows = await db.query<{ cidr: string; reason: string; who: string | null }>(
+        `SELECT network::text AS cidr, reason, who FROM qguard.rules WHERE source = 'list:race' ORDER BY network`,
+      );
+      expect(rows.rows).toEqual(
+        ['100.95.0.1/32', '100.95.0.2/32', '100.95.0.3/32'].map((cidr) => ({ cidr, reason: 'listed by race', who: null })),
+      );
+      // Theirs: the insert of .2, the delete of .3. Ours: insert .1 and .3, rewrite .2 — nothing twice.
+      const audit = await db.query<{ op: string; network: string; actor: string }>(
+        `SELECT op, network::text AS network FROM qguard.audit WHERE id > $1 ORDER BY id`,
+        [auditBefore],
+      );
+      expect(audit.rows.map((a) => `${a.op} ${a.network}`).sort()).toEqual(
+        ['delete 100.95.0.3/32', 'insert 100.95.0.1/32', 'insert 100.95.0.2/32', 'insert 100.95.0.3/32', 'update 100.95.0.2/32'].sort(),
+      );
+    } finally {
+      await other.close();
+      await db.close();
+    }
   });
 });
 

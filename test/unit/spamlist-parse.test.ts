@@ -7,7 +7,16 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { type Net, formatNet, netContains, parseNet } from '../../lib/net/address.js';
 import { aggregateNets, rangeToCidrs } from '../../lib/net/cidr-set.js';
-import { type LineResult, MAX_LINE, isMarkupLine, parseLine, quickDottedQuad } from '../../lib/spamlist/parse-line.js';
+import {
+  type LineResult,
+  MAX_LINE,
+  QUICK_SKIP,
+  isMarkupLine,
+  parseLine,
+  quickDottedQuad,
+  quickDottedQuadBytes,
+  quickLineBytes,
+} from '../../lib/spamlist/parse-line.js';
 import { EntrySet, rangeToCidrsCapped, v4RangeToCidrs } from '../../lib/spamlist/entry-set.js';
 
 /** The networks of a line as CIDR text, or throws with what the parser said. */
@@ -134,6 +143,10 @@ describe('parseLine: formats', () => {
 describe('quickDottedQuad: the fast path is parseNet, only faster', () => {
   const check = (s: string) => {
     const q = quickDottedQuad(s);
+    // The bytes form gives the same answer, also with the CR of a CRLF line still on it.
+    for (const bytes of [Buffer.from(`x${s}x`), Buffer.from(`x${s}\rx`)]) {
+      expect(quickDottedQuadBytes(bytes, 1, bytes.length - 1), s).toBe(q ? q.addr * 64 + q.prefix : -1);
+    }
     if (q === null) return;
     const r = parseNet(s);
     expect(r.ok, s).toBe(true);
@@ -167,6 +180,46 @@ describe('quickDottedQuad: the fast path is parseNet, only faster', () => {
   });
 });
 
+describe('quickLineBytes: the reader\'s hot path says what parseLine says, whenever it answers', () => {
+  /** quickLineBytes on the line's UTF-8 bytes, checked against parseLine; returns its answer. */
+  const check = (line: string): number => {
+    const bytes = Buffer.from(`\n${line}\n`);
+    const q = quickLineBytes(bytes, 1, bytes.length - 1);
+    const r = parseLine(line);
+    if (q === QUICK_SKIP) expect(r, JSON.stringify(line)).toEqual({ kind: 'skip' });
+    else if (q >= 0) {
+      const prefix = q % 64;
+      expect(r, JSON.stringify(line)).toEqual({ kind: 'nets', nets: [{ family: 4, addr: BigInt((q - prefix) / 64), prefix }] });
+    } else expect(q, JSON.stringify(line)).toBe(-1);
+    return q;
+  };
+
+  it('plain entries, blanks, trailing comments, comment and blank lines', () => {
+    expect(check('192.0.2.1')).toBe(0xc0000201 * 64 + 32);
+    expect(check('  198.51.100.0/24 ; SBL123\r')).toBe(0xc6336400 * 64 + 24);
+    expect(check('192.0.2.7\t# seen twice')).toBe(0xc0000207 * 64 + 32);
+    expect(check('192.0.2.7;x')).toBe(0xc0000207 * 64 + 32);
+    for (const l of ['', ' \t\r', '# c', ';; c', '  # 1.2.3.4']) expect(check(l)).toBe(QUICK_SKIP);
+    // Everything else is parseLine's: ranges, tcprules, IPv6, JSON, a BOM, junk, two words.
+    for (const l of ['192.0.2.1-192.0.2.5', '192.0.2.:deny', '192.0.2.1:deny', '2001:db8::/32', '{"cidr":"192.0.2.0/24"}',
+      '\uFEFF192.0.2.1', '192.0.2.1 192.0.2.2', '192.0.2.1 x', '012.0.0.1', '10.0.0.5/24', '\u00a0192.0.2.1']) {
+      expect(check(l)).toBe(-1);
+    }
+    // Over MAX_LINE, even a comment is parseLine's to report.
+    expect(check(`#${'x'.repeat(MAX_LINE)}`)).toBe(-1);
+  });
+
+  it('agrees with parseLine on random lines made of the pieces that matter', () => {
+    const piece = fc.constantFrom('1', '0', '9', '25', '255', '256', '01', '.', '/', '24', '32', ' ', '\t', '\r', '\v',
+      '#', ';', ':deny', '-', 'x', '\u00a0', '\uFEFF', '::', '{', '<');
+    fc.assert(fc.property(fc.array(piece, { maxLength: 14 }), (ps) => void check(ps.join(''))), { numRuns: 30_000 });
+    fc.assert(fc.property(fc.constantFrom(...SAMPLES), fc.string({ maxLength: 6 }), fc.string({ maxLength: 6 }), (s, a, b) => {
+      check(s);
+      check(a + s + b);
+    }), { numRuns: 5000 });
+  });
+});
+
 // ---------------------------------------------------------------------------------------
 // Aggregation
 
@@ -186,8 +239,10 @@ function aggregateTexts(input: Net[], min = { 4: 0, 6: 0 }) {
   for (const n of input) set.add(n);
   const r = set.aggregate(min);
   const list = [...r.texts()];
-  // The COPY bytes say the same, line by line.
+  // The COPY bytes say the same, line by line, and so do the numbers the import diffs.
   expect(Buffer.concat([...r.chunks()]).toString()).toBe(list.map((x) => `${x}\n`).join(''));
+  const v4 = Array.from(r.v4, (k) => formatNet({ family: 4, addr: BigInt((k - (k % 64)) / 64), prefix: k % 64 }));
+  expect([...v4, ...r.v6.map(formatNet)]).toEqual(list);
   return { ...r, list };
 }
 
