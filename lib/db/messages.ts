@@ -103,7 +103,14 @@ export async function resplit(db: Queryable, host: string, split: number): Promi
 
 /** PostgreSQL array literal for text[] (so ragged lists travel inside one unnest column). */
 export function pgTextArray(items: readonly string[]): string {
-  return `{${items.map((s) => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`).join(',')}}`;
+  if (items.length === 0) return '{}';
+  let out = '{';
+  for (let i = 0; i < items.length; i++) {
+    const s = items[i];
+    const quoted = s.indexOf('"') < 0 && s.indexOf('\\') < 0 ? s : s.replace(/[\\"]/g, (c) => `\\${c}`);
+    out += i === 0 ? `"${quoted}"` : `,"${quoted}"`;
+  }
+  return `${out}}`;
 }
 
 /** Text that PostgreSQL will store: no NUL bytes, bounded. */
@@ -116,15 +123,22 @@ function pgText(s: string | null | undefined, max: number): string | null {
 const epoch = (d: Date | null) => (d ? d.getTime() / 1000 : null);
 
 function envelopeColumns(e: EnvelopeState) {
-  const all = e.recipients.map((r) => r.address);
-  const pending = e.recipients.filter((r) => !r.done).map((r) => r.address);
+  // The first RECIPIENTS_KEPT of all and of the pending ones, and how many there are.
+  const all: string[] = [];
+  const pending: string[] = [];
+  let pendingCount = 0;
+  for (const r of e.recipients) {
+    if (all.length < RECIPIENTS_KEPT) all.push(pgText(r.address, 1000)!);
+    if (r.done) continue;
+    if (pendingCount++ < RECIPIENTS_KEPT) pending.push(pgText(r.address, 1000)!);
+  }
   return {
     state: e.state,
     sender: pgText(e.sender, 10_000),
-    recipients: pgTextArray(all.slice(0, RECIPIENTS_KEPT).map((a) => pgText(a, 1000)!)),
-    pending: pgTextArray(pending.slice(0, RECIPIENTS_KEPT).map((a) => pgText(a, 1000)!)),
-    rcptCount: all.length,
-    pendingCount: pending.length,
+    recipients: pgTextArray(all),
+    pending: pgTextArray(pending),
+    rcptCount: e.recipients.length,
+    pendingCount,
     bouncePending: e.bounceReport !== null,
     arrival: epoch(e.arrival),
   };
@@ -314,21 +328,92 @@ function clock(msOfDay: number): string {
 
 /** One new row for `host` as a line of COPY text (host field already escaped: copyField). */
 export function copyLine(hostField: string, row: RecordRow): string {
+  // Values seldom hold a backslash, tab or line end: write them as they are, and look once at
+  // the whole line (one tab per field, no backslash or line end); else escape field by field.
+  const plain = lineOf(hostField, row, false);
+  if (!/[\\\n\r]/.test(plain) && tabs(plain) === row.length) return `${plain}\n`;
+  return `${lineOf(hostField, row, true)}\n`;
+}
+
+function lineOf(hostField: string, row: RecordRow, escape: boolean): string {
   let line = hostField;
   for (let i = 0; i < row.length; i++) {
     const v = row[i];
     if (v === null) line += '\t\\N';
-    else if (typeof v === 'string') line += `\t${copyField(v)}`;
+    else if (typeof v === 'string') line += `\t${escape ? copyField(v) : v}`;
     else if (typeof v === 'boolean') line += v ? '\tt' : '\tf';
     else if (i === BIRTH || i === ARRIVAL) line += `\t${copyTime(v)}`;
     else line += `\t${v}`;
   }
-  return `${line}\n`;
+  return line;
+}
+
+function tabs(s: string): number {
+  let n = 0;
+  for (let i = s.indexOf('\t'); i >= 0; i = s.indexOf('\t', i + 1)) n++;
+  return n;
 }
 
 /** The host as the first field of copyLine. */
 export function copyHostField(host: string): string {
   return copyField(host);
+}
+
+/** COPY text is gathered in blocks of this size. */
+const COPY_BLOCK = 1 << 20;
+
+/**
+ * New rows encoded as COPY text (copyLine) into a few large buffers: what a batch of new
+ * messages costs in memory is its bytes, nothing of the messages themselves.
+ */
+export class CopyRows {
+  private blocks: Buffer[] = [];
+  private block: Buffer | null = null;
+  private used = 0;
+  /** Bytes and rows gathered since the last take(). */
+  bytes = 0;
+  rows = 0;
+
+  constructor(private readonly hostField: string) {}
+
+  add(row: RecordRow): void {
+    const line = copyLine(this.hostField, row);
+    // At most 3 bytes of UTF-8 per UTF-16 unit.
+    if (this.block === null || this.block.length - this.used < line.length * 3) {
+      this.endBlock();
+      this.block = Buffer.allocUnsafe(Math.max(COPY_BLOCK, line.length * 3));
+    }
+    const n = this.block.write(line, this.used, 'utf8');
+    this.used += n;
+    this.bytes += n;
+    this.rows++;
+  }
+
+  /** Rows encoded elsewhere (a reader thread), appended as they are. */
+  addEncoded(blocks: readonly Buffer[], rows: number): void {
+    this.endBlock();
+    for (const b of blocks) {
+      this.blocks.push(b);
+      this.bytes += b.length;
+    }
+    this.rows += rows;
+  }
+
+  /** Everything gathered, and start again. */
+  take(): Buffer[] {
+    this.endBlock();
+    const out = this.blocks;
+    this.blocks = [];
+    this.bytes = 0;
+    this.rows = 0;
+    return out;
+  }
+
+  private endBlock(): void {
+    if (this.block !== null && this.used > 0) this.blocks.push(this.block.subarray(0, this.used));
+    this.block = null;
+    this.used = 0;
+  }
 }
 
 const STAGE = 'pg_temp.qguard_scan_stage';

@@ -30,11 +30,11 @@ import { ruleRefusal } from '../policy/guards.js';
 import { upsertRule } from '../db/rules.js';
 import {
   BATCH,
+  CopyRows,
   type RecordRow,
   type StoredSignature,
   messageRow,
   copyHostField,
-  copyLine,
   copyMessages,
   countLive,
   groupsWithFlatFiles,
@@ -57,20 +57,14 @@ import {
   type QueueDirName,
   type QueueLayout,
   type QueuedMessage,
-  type ReadOutcome,
-  QueueChanged,
   dirSignature,
   flatDirs,
   groupDirs,
   listIds,
-  messageSignature,
   openQueue,
-  readEnvelope,
-  readListedMessage,
-  readMessageWith,
   splitOf,
-  statMessage,
 } from '../io/queue-walk.js';
+import { type GroupResult, type GroupSink, readGroup, readGroupsInThreads, readerThreads } from './scan-queue-groups.js';
 
 /** Flags of the scan-queue command (threshold and window come through the config). */
 export interface ScanOptions {
@@ -159,29 +153,28 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
   if (opts.json) ctx.printJson(summary);
 }
 
-/** COPY text is sent in pieces of this size (and a batch is sent when it reaches it). */
-const COPY_BLOCK = 1 << 20;
+/** A batch of new messages is sent when its COPY text reaches this size. */
 const COPY_BATCH_BYTES = 4 << 20;
+/** Batches that may wait for the database (memory: about IN_FLIGHT x 4 MiB of COPY text). */
+const IN_FLIGHT = 4;
 
 /**
- * Batched writes of the scan, pipelined: a batch goes to the database while the next one is
- * read from the queue (PostgreSQL works on its CPU while we parse on ours). At most one batch
- * is in flight; its failure surfaces at the next flush or at the end. New messages are
- * encoded as COPY text the moment they are read on a server database (nothing of them is
- * held but bytes), and kept as rows for unnest() on the embedded one.
+ * Batched writes of the scan, pipelined: batches go to the database while the next ones are
+ * read from the queue (PostgreSQL works on its CPU while we parse on ours). They are written
+ * one after the other, in order; up to IN_FLIGHT of them may wait for their turn, so a
+ * database that falls behind for a while (it shares the machine) does not stall the reading.
+ * A failure surfaces at a later flush or at the end. New messages are encoded as COPY text
+ * the moment they are read on a server database (nothing of them is held but bytes), and
+ * kept as rows for unnest() on the embedded one.
  */
 class Writer {
   private inserts: RecordRow[] = [];
   private updates: { rowId: number; message: RecordRow }[] = [];
   private envelopes: { rowId: number; envelope: EnvelopeState; sig: string }[] = [];
   private gone: number[] = [];
-  private copied: Buffer[] = [];
-  private block: Buffer | null = null;
-  private used = 0;
-  private copyBytes = 0;
-  private copyRows = 0;
-  private inFlight: Promise<void> | null = null;
-  private readonly hostField: string;
+  private readonly copyRows: CopyRows | null;
+  /** The batches sent and not yet written, oldest first; each runs after the one before. */
+  private inFlight: Promise<void>[] = [];
 
   constructor(
     private readonly tx: Queryable,
@@ -189,30 +182,23 @@ class Writer {
     /** COPY on a server database; `fresh`: the host has no rows yet (see copyMessages). */
     private readonly copy: { client: pg.Client; fresh: boolean } | null,
   ) {
-    this.hostField = copyHostField(host);
+    this.copyRows = copy ? new CopyRows(copyHostField(host)) : null;
   }
 
-  /** Whether what is read may point into the text of the message it was read from (see readListedMessage). */
+  /** Whether each message is encoded the moment it is given (then its strings need not be copies). */
   get encodesAtOnce(): boolean {
-    return this.copy !== null;
+    return this.copyRows !== null;
   }
 
   insert(m: QueuedMessage): void {
     const row = messageRow(m);
-    if (!this.copy) {
-      this.inserts.push(row);
-      return;
-    }
-    const line = copyLine(this.hostField, row);
-    // At most 3 bytes of UTF-8 per UTF-16 unit.
-    if (this.block === null || this.block.length - this.used < line.length * 3) {
-      this.endBlock();
-      this.block = Buffer.allocUnsafe(Math.max(COPY_BLOCK, line.length * 3));
-    }
-    const n = this.block.write(line, this.used, 'utf8');
-    this.used += n;
-    this.copyBytes += n;
-    this.copyRows++;
+    if (this.copyRows) this.copyRows.add(row);
+    else this.inserts.push(row);
+  }
+
+  /** New messages already encoded as COPY text (by a reader thread). */
+  insertEncoded(blocks: Buffer[], rows: number): void {
+    this.copyRows!.addEncoded(blocks, rows);
   }
 
   update(rowId: number, m: QueuedMessage): void {
@@ -227,44 +213,41 @@ class Writer {
     this.gone.push(rowId);
   }
 
-  private endBlock(): void {
-    if (this.block !== null && this.used > 0) this.copied.push(this.block.subarray(0, this.used));
-    this.block = null;
-    this.used = 0;
-  }
-
   private get size(): number {
-    return this.inserts.length + this.updates.length + this.envelopes.length + this.gone.length + this.copyRows;
+    return this.inserts.length + this.updates.length + this.envelopes.length + this.gone.length + (this.copyRows?.rows ?? 0);
   }
 
   /** Bound memory: send a full batch now (a group larger than a batch). */
   async flushIfFull(): Promise<void> {
-    if (this.size >= BATCH || this.copyBytes >= COPY_BATCH_BYTES) await this.flush();
+    if (this.size >= BATCH || (this.copyRows?.bytes ?? 0) >= COPY_BATCH_BYTES) await this.flush();
   }
 
   /** Send what is buffered (after the batch in flight, if any, has finished). */
   async flush(): Promise<void> {
     if (this.size === 0) return;
-    this.endBlock();
-    const batch = { inserts: this.inserts, updates: this.updates, envelopes: this.envelopes, gone: this.gone, copied: this.copied };
+    const batch = {
+      inserts: this.inserts,
+      updates: this.updates,
+      envelopes: this.envelopes,
+      gone: this.gone,
+      copied: this.copyRows ? this.copyRows.take() : [],
+    };
     this.inserts = [];
     this.updates = [];
     this.envelopes = [];
     this.gone = [];
-    this.copied = [];
-    this.copyBytes = 0;
-    this.copyRows = 0;
-    await this.settle();
-    this.inFlight = this.write(batch);
-    // Handled here; the error is thrown again by settle().
-    this.inFlight.catch(() => {});
+    // Bound memory: wait for the oldest batch when IN_FLIGHT are already waiting.
+    while (this.inFlight.length >= IN_FLIGHT) await this.inFlight.shift();
+    const before = this.inFlight.at(-1) ?? Promise.resolve();
+    const p = before.then(() => this.write(batch));
+    // Handled here; the error is thrown again by settle() (or the next flush).
+    p.catch(() => {});
+    this.inFlight.push(p);
   }
 
-  /** Wait for the batch in flight; throw its error. */
+  /** Wait until every batch sent is written; throw the first error. */
   async settle(): Promise<void> {
-    const p = this.inFlight;
-    this.inFlight = null;
-    if (p) await p;
+    while (this.inFlight.length) await this.inFlight.shift();
   }
 
   private async write(b: { inserts: RecordRow[]; updates: Writer['updates']; envelopes: Writer['envelopes']; gone: number[]; copied: Buffer[] }) {
@@ -276,10 +259,11 @@ class Writer {
   }
 }
 
-/** Let the event loop run (the database's replies, and the rest of a COPY waiting for the socket). */
-const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
-/** Messages read between two yields. */
-const YIELD_EVERY = 256;
+/** About how many messages the groups hold: the first one's mess/ listing times their number. */
+function estimateMessages(layout: QueueLayout, groups: readonly number[]): number {
+  const first = groupDirs(layout, groups[0]).find((d) => d.dir === 'mess');
+  return first ? listIds(first.path).ids.length * groups.length : 0;
+}
 
 function errCode(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
@@ -368,178 +352,74 @@ async function scanInto(
   const copyClient = run.pgClient;
   const fresh = !(await hostHasRows(tx, host));
   const buf = new Writer(tx, host, copyClient ? { client: copyClient, fresh } : null);
-  const keepStrings = !buf.encodesAtOnce;
-  const odd = (what: string) => {
-    summary.errors++;
-    log.info(what);
+  const sink: GroupSink = {
+    insert: (m) => buf.insert(m),
+    update: (rowId, m) => buf.update(rowId, m),
+    envelope: (rowId, envelope, sig) => buf.envelope(rowId, envelope, sig),
+    flushIfFull: () => buf.flushIfFull(),
+    odd: (what) => {
+      summary.errors++;
+      log.info(what);
+    },
+    info: (what) => log.info(what),
   };
-  const noRows = new Map<string, StoredSignature[]>();
-  const storedOf = (g: number) => (fresh ? Promise.resolve(noRows) : liveGroup(tx, host, g));
   const order = [...groups].sort((a, b) => a - b);
-  // The stored rows of the next group are asked for before this group's writes are sent, so
-  // they come back at once and the writes run in the database while we read the next group.
-  let nextStored: Promise<Map<string, StoredSignature[]>> | null = order.length ? storedOf(order[0]) : null;
-  for (let gi = 0; gi < order.length; gi++) {
-    const s = order[gi];
+  /** A group's result: its gone rows, its counts, and whether to look at it again next run. */
+  const finish = (s: number, r: GroupResult, stored: ReadonlyMap<string, readonly StoredSignature[]>) => {
     summary.groupsRead++;
-    let unsettle = false;
-    const present = new Map<string, QueueDirName[]>();
-    const orphans: string[] = [];
-    for (const d of groupDirs(layout, s)) {
-      const t0 = performance.now();
-      const { ids, odd: oddNames } = listIds(d.path);
-      ms.list += performance.now() - t0;
-      if (oddNames.length) log.info(`${d.dir}/${s}: ${oddNames.length} names that are not queue ids (e.g. ${JSON.stringify(oddNames[0].slice(0, 40))})`);
-      let misplaced: string | null = null;
-      let nMisplaced = 0;
-      for (const id of ids) {
-        // A mess file in the wrong subdirectory is not where qmail looks for it, nor where we
-        // read: without this, its id would be read (from its right place) in two groups.
-        if (d.dir === 'mess' && splitOf(id, layout.split) !== s) {
-          misplaced ??= id;
-          nMisplaced++;
-          continue;
-        }
-        const list = present.get(id);
-        if (list === undefined) present.set(id, [d.dir]);
-        else if (d.dir === 'mess') list.unshift('mess');
-        else list.push(d.dir);
+    summary.new += r.new;
+    summary.updated += r.updated;
+    summary.skipped += r.skipped;
+    ms.list += r.ms.list;
+    ms.stat += r.ms.stat;
+    ms.read += r.ms.read;
+    ms.db += r.ms.db;
+    for (const rows of stored.values()) {
+      for (const row of rows) {
+        if (r.keep.has(row.rowId)) continue;
+        buf.markGone(row.rowId);
+        summary.gone++;
       }
-      if (misplaced !== null) log.info(`${d.dir}/${s}: ${nMisplaced} file(s) in the wrong subdirectory (e.g. ${misplaced})`);
     }
-    for (const [id, dirs] of flat) if (splitOf(id, layout.split) === s) present.set(id, [...(present.get(id) ?? []), ...dirs]);
-    let t0 = performance.now();
-    const stored = await nextStored!;
-    ms.db += performance.now() - t0;
-    const keep = new Set<number>();
-    let sinceYield = 0;
-
-    /** Record what a full read found (rows: the stored rows of this id). */
-    const record = (outcome: ReadOutcome, rows: readonly StoredSignature[]): void => {
-      if (outcome.status === 'vanished') {
-        summary.skipped++;
-        return;
-      }
-      if (outcome.status === 'unstable') {
-        summary.skipped++;
-        unsettle = true;
-        for (const r of rows) keep.add(r.rowId);
-        return;
-      }
-      if (outcome.status === 'unreadable') {
-        odd(outcome.error);
-        unsettle = true;
-        for (const r of rows) keep.add(r.rowId);
-        return;
-      }
-      const m = outcome.message;
-      const inFlight = m.state.startsWith('in-flight');
-      if (m.line1 === '' && inFlight) {
-        // qmail-queue has not written line 1 yet: nothing to record; intd/todo will follow.
-        summary.skipped++;
-        return;
-      }
-      if (m.problems.length && !inFlight) odd(`${m.files[0]}: ${m.problems.join('; ')}`);
-      const match = rows.find((r) => r.line1 === m.line1);
-      if (match) {
-        buf.update(match.rowId, m);
-        keep.add(match.rowId);
-        summary.updated++;
-      } else {
-        buf.insert(m);
-        summary.new++;
-      }
-    };
-
-    for (const [id, dirs] of present) {
-      if (dirs[0] !== 'mess') {
-        // Files of a message without mess/: qmail-send is finishing it, or they are leftovers.
-        orphans.push(id);
-        continue;
-      }
-      if (id.length > 18 && BigInt(id) > 9223372036854775807n) {
-        odd(`mess/${s}/${id}: id too large`);
-        continue;
-      }
-      if (++sinceYield === YIELD_EVERY) {
-        // Sync reads hold the event loop: let it send the COPY in flight and take replies.
-        sinceYield = 0;
-        await yieldToLoop();
-      }
-      const rows = stored.get(id);
-      if (rows === undefined) {
-        // Not recorded: nothing to compare, so no stat first; each file is opened once.
-        t0 = performance.now();
-        record(readListedMessage(layout, id, dirs, { keep: keepStrings }), []);
-        ms.read += performance.now() - t0;
-        t0 = performance.now();
+    if (r.unsettle) for (const d of groupDirs(layout, s)) nowDirs[`${d.dir}/${s}`] = '';
+  };
+  const threads = fresh && copyClient && order.length > 1 ? readerThreads(estimateMessages(layout, order)) : 0;
+  if (threads > 0) {
+    // The first scan of a large queue: nothing to compare with, so the groups are read in
+    // reader threads, two at a time, each new message sent back as COPY text.
+    const none = new Map<string, StoredSignature[]>();
+    log.info(`first scan of this host: ${order.length} groups read in ${threads} threads`);
+    await readGroupsInThreads(layout, order, flat, host, threads, {
+      take: async (blocks, rows) => {
+        buf.insertEncoded(blocks, rows);
+        const t0 = performance.now();
         await buf.flushIfFull();
         ms.db += performance.now() - t0;
-        continue;
-      }
-      let stats;
-      try {
-        t0 = performance.now();
-        stats = statMessage(layout, id, dirs);
-        ms.stat += performance.now() - t0;
-      } catch (err) {
-        odd(`mess/${s}/${id}: ${(err as Error).message}`);
-        unsettle = true;
-        continue;
-      }
-      if (!stats.mess) {
-        summary.skipped++; // delivered while we looked
-        continue;
-      }
-      const { sig, messSig } = messageSignature(stats);
-      const same = rows.find((r) => r.sig === sig);
-      if (same) {
-        summary.unchanged++;
-        keep.add(same.rowId);
-        continue;
-      }
-      const messSame = rows.find((r) => r.messSig === messSig && r.line1 !== '');
-      if (messSame) {
-        try {
-          t0 = performance.now();
-          const envelope = readEnvelope(layout, id, stats);
-          ms.read += performance.now() - t0;
-          buf.envelope(messSame.rowId, envelope, sig);
-          keep.add(messSame.rowId);
-          summary.updated++;
-          if (envelope.problems.length && !envelope.state.startsWith('in-flight')) odd(`message ${id}: ${envelope.problems.join('; ')}`);
-          t0 = performance.now();
-          await buf.flushIfFull();
-          ms.db += performance.now() - t0;
-          continue;
-        } catch (err) {
-          // Changed under us (todo/ removed mid-read): read it in full below.
-          if (!(err instanceof QueueChanged) && errCode(err) !== 'ENOENT') {
-            odd(`message ${id}: ${(err as Error).message}`);
-            unsettle = true;
-            keep.add(messSame.rowId);
-            continue;
-          }
-        }
+      },
+      note: (odd, text) => (odd ? sink.odd(text) : sink.info(text)),
+      done: (s, r) => finish(s, r, none),
+    });
+  } else {
+    const noRows = new Map<string, StoredSignature[]>();
+    const storedOf = (g: number) => (fresh ? Promise.resolve(noRows) : liveGroup(tx, host, g));
+    // The stored rows of the next group are asked for before this group's writes are sent, so
+    // they come back at once and the writes run in the database while we read the next group.
+    let nextStored: Promise<Map<string, StoredSignature[]>> | null = order.length ? storedOf(order[0]) : null;
+    for (let gi = 0; gi < order.length; gi++) {
+      const s = order[gi];
+      let t0 = performance.now();
+      const stored = await nextStored!;
+      ms.db += performance.now() - t0;
+      const r = await readGroup(layout, s, flat, stored, sink, !buf.encodesAtOnce);
+      finish(s, r, stored);
+      if (gi + 1 < order.length) {
+        nextStored = storedOf(order[gi + 1]);
+        nextStored.catch(() => {}); // awaited (and thrown) at the next group
       }
       t0 = performance.now();
-      record(readMessageWith(layout, id, stats, { keep: keepStrings }), rows);
-      ms.read += performance.now() - t0;
-      t0 = performance.now();
-      await buf.flushIfFull();
+      await buf.flush();
       ms.db += performance.now() - t0;
     }
-    if (orphans.length) log.info(`group ${s}: ${orphans.length} message(s) with files but no mess/ (e.g. ${orphans[0]})`);
-    for (const rows of stored.values()) for (const r of rows) if (!keep.has(r.rowId)) buf.markGone(r.rowId);
-    summary.gone += [...stored.values()].reduce((n, rows) => n + rows.filter((r) => !keep.has(r.rowId)).length, 0);
-    if (unsettle) for (const d of groupDirs(layout, s)) nowDirs[`${d.dir}/${s}`] = '';
-    if (gi + 1 < order.length) {
-      nextStored = storedOf(order[gi + 1]);
-      nextStored.catch(() => {}); // awaited (and thrown) at the next group
-    }
-    t0 = performance.now();
-    await buf.flush();
-    ms.db += performance.now() - t0;
   }
   let t0 = performance.now();
   await buf.flush();

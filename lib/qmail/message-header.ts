@@ -184,6 +184,21 @@ function decoderFor(charset: string): { decode(bytes: Uint8Array): string } | nu
 export function decodeHeaderText(raw: string): string {
   // The common case: plain ASCII, nothing encoded.
   if (!raw.includes('=?') && !/[\x80-\xff]/.test(raw)) return raw.replace(/\s+/g, ' ').trim();
+  // Spam repeats its subjects: decode each once.
+  const hit = decoded.get(raw);
+  if (hit !== undefined) return hit;
+  // Copies: `raw` (and so the answer) may be a slice of a whole message head, which the cache
+  // must not keep alive.
+  const out = (` ${decodeEncoded(raw)}`).slice(1);
+  if (decoded.size >= 1000) decoded.clear();
+  decoded.set((` ${raw}`).slice(1), out);
+  return out;
+}
+
+const decoded = new Map<string, string>();
+
+/** decodeHeaderText for text with 8-bit bytes or encoded words. */
+function decodeEncoded(raw: string): string {
   const text = bytesToText(raw);
   const re = /=\?([^?\s]+)\?([BbQq])\?([^?\s]*)\?=/g;
   let out = '';

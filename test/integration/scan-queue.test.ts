@@ -4,6 +4,7 @@
 // again, inode reuse, gone messages), other layouts (conf-split 3, big-todo).
 
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,6 +21,7 @@ import {
 } from '../helpers/queue-builder.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { runCli } from '../helpers/cli.js';
+import { generateQueue } from '../../bench/gen-queue.js';
 
 let db: TestDb;
 beforeAll(async () => {
@@ -424,6 +426,52 @@ describe('how new messages are recorded: COPY on a server, unnest on the embedde
     const mine = (await ls(q, ['--all'], host)).filter((m) => m.id === id);
     expect(mine.length).toBe(1);
     expect(mine[0].goneAt).toBeNull();
+  });
+});
+
+describe('the first scan of a large queue (read in two threads)', () => {
+  let q: QueueBuilder;
+  beforeAll(() => {
+    q = generateQueue(fs.mkdtempSync(path.join(db.stateDir, 'large-')), { count: 21_000, seed: 7 }).queue;
+  });
+  afterAll(() => q.destroy());
+
+  it('records exactly what a scan reading every group itself records', async () => {
+    // Host A: its first scan, large enough for the reader threads.
+    const a = await runCli('scan-queue', ['--json', '--no-deny', '--verbose'], { env: { ...db.env, QGUARD_QUEUE: q.dir, QGUARD_HOST: 'large-a' } });
+    expect(a.code).toBe(0);
+    expect(JSON.parse(a.stdout)).toMatchObject({ scanned: 21_000, new: 21_000, errors: 0, skipped: 0 });
+    if (os.availableParallelism() >= 2) expect(a.stderr).toMatch(/first scan of this host: 23 groups read in 2 threads/);
+    // Host B has rows already (a small queue first): the same queue is read in this thread.
+    const small = QueueBuilder.create();
+    try {
+      small.add({ mess: networkMessage({ ip: '192.0.2.1' }) });
+      expect((await scan(small, ['--no-deny'], { QGUARD_HOST: 'large-b' })).s.new).toBe(1);
+    } finally {
+      small.destroy();
+    }
+    const b = await runCli('scan-queue', ['--json', '--no-deny', '--verbose'], { env: { ...db.env, QGUARD_QUEUE: q.dir, QGUARD_HOST: 'large-b' } });
+    expect(b.code).toBe(0);
+    expect(b.stderr).not.toMatch(/threads/);
+    expect(JSON.parse(b.stdout)).toMatchObject({ scanned: 21_000, new: 21_000, gone: 1, errors: 0 });
+    const conn = await db.open();
+    try {
+      const rows = async (host: string) =>
+        (
+          await conn.query(
+            `SELECT queue_id::text, line1, split, state, kind, forwarded, chain, birth, arrival, host(source_ip) AS ip, source_recorded,
+                    helo, remote_host, remote_info, sender, recipients, pending, rcpt_count, pending_count, bounce_pending, size,
+                    subject, problems, sig, mess_sig
+               FROM qguard.messages WHERE host = $1 AND gone_at IS NULL ORDER BY queue_id`,
+            [host],
+          )
+        ).rows;
+      const [ra, rb] = [await rows('large-a'), await rows('large-b')];
+      expect(ra.length).toBe(21_000);
+      expect(ra).toEqual(rb);
+    } finally {
+      await conn.close();
+    }
   });
 });
 
