@@ -4,10 +4,11 @@
 // table of one cidr column. Prints both, the ratio, and the importer's max RSS (the list is
 // streamed: memory stays bounded, far below the list's size as text).
 //
-// Run (needs the local PostgreSQL server and a built dist/):
-//   npx tsc -p . && npx tsc --outDir dist --rootDir . --module NodeNext --moduleResolution NodeNext \
-//     --target ES2022 --types node --skipLibCheck bench/import-spamlist.ts && node dist/bench/import-spamlist.js
-// Options: LINES=N (default 1000000), KEEP=1 (keep the generated list), QGUARD_TEST_ADMIN_URL (default postgresql://postgres@127.0.0.1/postgres).
+// Run (needs the local PostgreSQL server):
+//   npm run build:bench && node dist/bench/import-spamlist.js
+// Options: LINES=N (default 1000000), RUNS=N (repeat everything on a fresh database, then print
+// the ranges; default 1), KEEP=1 (keep the generated list), QGUARD_TEST_ADMIN_URL (default
+// postgresql://postgres@127.0.0.1/postgres).
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -19,6 +20,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const BIN = fs.existsSync(path.join(ROOT, 'dist/bin')) ? path.join(ROOT, 'dist/bin') : path.join(ROOT, 'bin');
 const ADMIN_URL = process.env.QGUARD_TEST_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1/postgres';
 const LINES = Number(process.env.LINES ?? 1_000_000);
+const RUNS = Number(process.env.RUNS ?? 1);
 
 /** A small deterministic PRNG (mulberry32), so every run imports the same list. */
 function prng(seed: number): () => number {
@@ -128,16 +130,22 @@ function timed(cmd: string, args: string[], opts: { input?: string; env?: NodeJS
   return { seconds, rssMb, stdout: r.stdout, stderr: lines.slice(0, -1).join('\n') };
 }
 
-function main(): void {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qguard-bench-'));
-  const dbName = `qguard_bench_${process.pid}`;
+interface Figure {
+  label: string;
+  seconds: number;
+  floor: number;
+  rssMb: number;
+}
+
+/** One run of every case on a fresh database; the floor measured again before each case. */
+function runOnce(g: ReturnType<typeof generate>, dir: string, round: number): Figure[] {
+  const dbName = `qguard_bench_${process.pid}_${round}`;
   const u = new URL(ADMIN_URL);
   u.pathname = `/${dbName}`;
   const url = u.toString();
   const psql = (db: string, sql: string) => execFileSync('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', db, '-c', sql], { encoding: 'utf8' });
+  const figures: Figure[] = [];
   try {
-    const g = generate(dir);
-    console.log(`list: ${LINES} lines, ${(g.bytes / 1e6).toFixed(1)} MB (${dir})`);
     psql(ADMIN_URL, `CREATE DATABASE ${dbName}`);
     const env = { ...process.env, QGUARD_DATABASE_URL: url, QGUARD_STATE_DIR: dir, QGUARD_CONFIG: '/dev/null' };
     execFileSync(process.execPath, [path.join(BIN, 'qguard.js'), 'db', 'migrate'], { env });
@@ -152,33 +160,60 @@ function main(): void {
       psql(url, `DROP TABLE ${table}`);
       return f;
     };
-    const first = floor();
-    console.log(`${'floor: psql \\copy into a plain table'.padEnd(36)} ${first.seconds.toFixed(2).padStart(6)} s  max RSS ${first.rssMb.toFixed(0)} MB`);
-
     const imp = (label: string, input: string, args: string[]) => {
       const f = floor();
       const r = timed(process.execPath, [path.join(BIN, 'import-spamlist.js'), '--source', 'bench', '--json', ...args], { input, env });
       const s = JSON.parse(r.stdout) as Record<string, number>;
       console.log(
-        `${label.padEnd(36)} ${r.seconds.toFixed(2).padStart(6)} s  floor now ${f.seconds.toFixed(2)} s = ${(r.seconds / f.seconds).toFixed(1).padStart(5)}x  max RSS ${r.rssMb.toFixed(0)} MB` +
-          `  (valid ${s.valid}, invalid ${s.invalid}, duplicate ${s.duplicate}, aggregated ${s.aggregated}, added ${s.added}, removed ${s.removed}, unchanged ${s.unchanged}, refreshed ${s.refreshed})`,
+        `${label.padEnd(40)} ${r.seconds.toFixed(2).padStart(6)} s  floor ${f.seconds.toFixed(2)} s = ${(r.seconds / f.seconds).toFixed(1).padStart(5)}x  max RSS ${r.rssMb.toFixed(0)} MB` +
+          `  (added ${s.added}, removed ${s.removed}, unchanged ${s.unchanged}, refreshed ${s.refreshed})`,
       );
-      return r;
+      figures.push({ label, seconds: r.seconds, floor: f.seconds, rssMb: r.rssMb });
+      return s;
     };
-    imp('first import (all new)', g.list, []);
+    const first = imp('first import (all new)', g.list, []);
+    console.log(
+      `  (${first.read} lines: valid ${first.valid}, invalid ${first.invalid}, comments ${first.comments}, duplicate ${first.duplicate}, aggregated ${first.aggregated}, networks ${first.networks})`,
+    );
     imp('same list again, right after', g.list, []);
     psql(url, 'VACUUM ANALYZE qguard.rules');
     imp('same list again, after VACUUM', g.list, []);
     imp('next day: 1% changed, --replace', g.list2, ['--replace']);
     imp('--replace --dry-run', g.list, ['--replace', '--dry-run']);
     imp('--replace --for 2d (rewrites all)', g.list, ['--replace', '--for', '2d']);
-    console.log('(the machine is shared: figures are noisy; compare with the floor of the same run)');
+    imp('--replace --for 2d, next run', g.list, ['--replace', '--for', '2d']);
   } finally {
     try {
       psql(ADMIN_URL, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
     } catch {
       // already gone
     }
+  }
+  return figures;
+}
+
+function main(): void {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qguard-bench-'));
+  try {
+    const g = generate(dir);
+    console.log(`list: ${LINES} lines, ${(g.bytes / 1e6).toFixed(1)} MB (${dir})`);
+    const all: Figure[] = [];
+    for (let round = 1; round <= RUNS; round++) {
+      console.log(`run ${round} of ${RUNS}`);
+      all.push(...runOnce(g, dir, round));
+    }
+    if (RUNS > 1) {
+      console.log('ranges over the runs (ours, the floor of the same moment, the ratio):');
+      const range = (xs: number[], d: number) => `${Math.min(...xs).toFixed(d)}-${Math.max(...xs).toFixed(d)}`;
+      for (const label of [...new Set(all.map((f) => f.label))]) {
+        const fs_ = all.filter((f) => f.label === label);
+        console.log(
+          `  ${label.padEnd(40)} ${range(fs_.map((f) => f.seconds), 2).padStart(12)} s  floor ${range(fs_.map((f) => f.floor), 2)} s  ${range(fs_.map((f) => f.seconds / f.floor), 1)}x  max RSS ${Math.max(...fs_.map((f) => f.rssMb)).toFixed(0)} MB`,
+        );
+      }
+    }
+    console.log('(the machine is shared: figures are noisy; compare with the floor of the same moment)');
+  } finally {
     if (process.env.KEEP) console.log(`kept ${dir}`);
     else fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -13,7 +13,7 @@ import type { Db, Queryable } from './connect.js';
 import { dbError } from './connect.js';
 import { TemporaryError } from '../errors.js';
 import { type Net, formatNet, formatNetShort, mustParseNet } from '../net/address.js';
-import { type ListDiff, type StoredRules, diffList } from '../spamlist/list-diff.js';
+import { type DiffOptions, type ListDiff, SAME, type StoredRules, UNSCOPED, diffList } from '../spamlist/list-diff.js';
 
 /** The list to store, made once the relay/trust networks are known (lib/spamlist/entry-set.ts). */
 export interface StagedList {
@@ -65,6 +65,8 @@ export interface SpamlistMerge {
   check(diff: SpamlistDiff): void | Promise<void>;
   /** Told which phase starts (for a progress line). */
   onPhase?(phase: string): void;
+  /** A read of the source started before the list was read (readSourceEarly), if any. */
+  early?: Promise<SourceRead | null> | null;
 }
 
 /** Rows per write statement: each statement's audit trigger holds its rows in memory (work_mem). */
@@ -81,67 +83,130 @@ const expirySql = (n: number) =>
   `CASE WHEN $${n}::double precision IS NULL THEN NULL ELSE now() + make_interval(secs => $${n}::double precision) END`;
 
 /**
- * Is a stored expiry what this run would write? Without --for: no expiry. With --for DUR: an
- * expiry between now + DUR/2 and now + DUR is kept. Rewriting it would cost a row version in
- * every index of qguard.rules and an audit row for each of a million entries on every run
- * (80 s for a million), only to move the date by the time since the last run; kept, a listed
- * entry still stays at least DUR/2 ahead of expiry, each entry is rewritten at most once per
- * DUR/2, and an entry the list stops naming lapses between DUR/2 and DUR after its last
- * listing. A stored expiry beyond now + DUR (--for was shortened) or missing is rewritten.
- * `$N` is the ttl in seconds (float8); `t.half`/`t.full` come from the query's bounds.
+ * Why an expiry is not rewritten on every run (the `unchanged` test is in list-diff.ts):
+ * without --for a rule has no expiry; with --for DUR an expiry between now + DUR/2 and now +
+ * DUR is left as it is. Renewing it on every run would cost, for each of a million entries, a
+ * row version in every index of qguard.rules and an audit row (40-80 s), only to move the date
+ * by the time since the last run. Left alone, a listed entry still stays at least DUR/2 ahead
+ * of its expiry, each entry is rewritten at most once per DUR/2, and an entry the list stops
+ * naming lapses between DUR/2 and DUR after its last listing. A missing expiry, or one beyond
+ * now + DUR (--for was shortened), is rewritten at once.
  */
-const expiryIsCurrent = (n: number) =>
-  `CASE WHEN $${n}::double precision IS NULL THEN r.expires_at IS NULL
-        ELSE r.expires_at BETWEEN t.half AND t.full END`;
-
-/** Flag bits of list-diff.ts for rule `r` (UNSCOPED 1, LIVE 2, CURRENT 4); $2 reason, $3 ttl. */
-const FLAGS_SQL = `(CASE WHEN r.host IS NULL THEN 1 ELSE 0 END
-      + CASE WHEN r.expires_at IS NULL OR r.expires_at > now() THEN 2 ELSE 0 END
-      + CASE WHEN r.host IS NULL AND r.action = 'deny' AND r.reason IS NOT DISTINCT FROM $2 AND r.who IS NULL
-                  AND ${expiryIsCurrent(3)} THEN 4 ELSE 0 END)`;
-
-/** The source's rules with their flags: `r` joined with the expiry bounds `t`. */
-const SOURCE_RULES = `qguard.rules r,
-      (SELECT now() + make_interval(secs => $3::double precision / 2) AS half,
-              now() + make_interval(secs => $3::double precision) AS full) t
-  WHERE r.source = $1`;
+const SAME_SQL = (reason: string) =>
+  `(CASE WHEN r.host IS NULL THEN ${UNSCOPED} ELSE 0 END
+    + CASE WHEN r.action = 'deny' AND r.reason IS NOT DISTINCT FROM ${reason} AND r.who IS NULL THEN ${SAME} ELSE 0 END)`;
+/** The expiry as 8 bytes (microseconds since 2000-01-01); none as infinity, the largest int8. */
+const EXPIRY_SQL = `timestamptz_send(coalesce(r.expires_at, 'infinity'))`;
 
 /**
- * Every rule of the source with the flags list-diff needs. IPv4 as two binary values, one
- * 8-byte number a rule each — (address * 64 + prefix) * 8 + flags, and the id — so a million
- * rules cost two 7 MB values instead of a million rows to parse (the same on PGlite); IPv6 as
- * rows.
+ * The source's rules in ONE statement (so in one snapshot, with the change counter it saw), as
+ * binary values of fixed-size records instead of a row per rule: IPv4 as three arrays of 8-byte
+ * numbers — (address * 64 + prefix) * 4 + flags, id, expiry — and IPv6 as records of the cidr,
+ * id * 4 + flags and expiry. A million rules: three 7 MB values. Nothing depends on the time,
+ * so a read taken before the transaction stays good while the counter has not moved.
  */
-async function readSource(tx: Queryable, opts: SpamlistMerge): Promise<StoredRules> {
-  const params = [opts.source, opts.reason, opts.ttlSeconds];
-  const r4 = await tx.query<{ k: Uint8Array | null; i: Uint8Array | null }>(
-    `SELECT string_agg(int8send(((r.network - '0.0.0.0'::inet) * 64 + masklen(r.network)) * 8 + ${FLAGS_SQL}), ''::bytea) AS k,
-            string_agg(int8send(r.id), ''::bytea) AS i
-       FROM ${SOURCE_RULES} AND family(r.network) = 4`,
-    params,
-  );
-  const asBuffer = (u: Uint8Array | null | undefined) =>
-    u ? Buffer.from(u.buffer, u.byteOffset, u.byteLength) : Buffer.alloc(0);
-  const k = asBuffer(r4.rows[0]?.k);
-  const id = asBuffer(r4.rows[0]?.i);
-  const n4 = k.length / 8;
+const readSql = (source: string, reason: string) =>
+  `SELECT string_agg(int8send(((r.network - '0.0.0.0'::inet) * 64 + masklen(r.network)) * 4 + ${SAME_SQL(reason)}), ''::bytea)
+            FILTER (WHERE family(r.network) = 4) AS k,
+          string_agg(int8send(r.id), ''::bytea) FILTER (WHERE family(r.network) = 4) AS i,
+          string_agg(${EXPIRY_SQL}, ''::bytea) FILTER (WHERE family(r.network) = 4) AS e,
+          string_agg(cidr_send(r.network) || int8send(r.id * 4 + ${SAME_SQL(reason)}) || ${EXPIRY_SQL}, ''::bytea)
+            FILTER (WHERE family(r.network) = 6) AS v6,
+          (SELECT change_seq FROM qguard.state) AS seq
+     FROM qguard.rules r WHERE r.source = ${source}`;
+
+/** A read of the source's rules, and the change counter of its snapshot. */
+export interface SourceRead {
+  stored: StoredRules;
+  seq: number;
+}
+
+/** int8 at `o` as a number (exact below 2^53); the largest int8 (infinity) as Infinity. */
+function int8At(v: DataView, o: number): number {
+  const hi = v.getInt32(o);
+  return hi === 0x7fffffff ? Infinity : hi * 4294967296 + v.getUint32(o + 4);
+}
+
+const view = (b: Buffer) => new DataView(b.buffer, b.byteOffset, b.byteLength);
+
+function decodeRead(kb: Buffer, idb: Buffer, eb: Buffer, v6: Buffer, seq: number): SourceRead {
+  const n4 = kb.length / 8;
+  const [k, id, e] = [view(kb), view(idb), view(eb)];
   const v4Keys = new Float64Array(n4);
   const v4Ids = new Float64Array(n4);
   const v4Flags = new Uint8Array(n4);
+  const v4Expires = new Float64Array(n4);
   for (let j = 0, o = 0; j < n4; j++, o += 8) {
-    // Both numbers are positive and below 2^53: two 32-bit halves are exact.
-    const kf = k.readUInt32BE(o) * 4294967296 + k.readUInt32BE(o + 4);
-    const flags = kf % 8;
-    v4Keys[j] = (kf - flags) / 8;
-    v4Flags[j] = flags;
-    v4Ids[j] = id.readUInt32BE(o) * 4294967296 + id.readUInt32BE(o + 4);
+    const kf = k.getUint32(o) * 4294967296 + k.getUint32(o + 4);
+    const key = Math.floor(kf / 4);
+    v4Keys[j] = key;
+    v4Flags[j] = kf - key * 4;
+    v4Ids[j] = id.getUint32(o) * 4294967296 + id.getUint32(o + 4);
+    v4Expires[j] = int8At(e, o);
   }
-  const r6 = await tx.query<{ id: number; cidr: string; flags: number }>(
-    `SELECT r.id, r.network::text AS cidr, ${FLAGS_SQL} AS flags FROM ${SOURCE_RULES} AND family(r.network) = 6`,
-    params,
-  );
-  const v6 = r6.rows.map((x) => ({ net: mustParseNet(x.cidr), id: Number(x.id), flags: Number(x.flags) }));
-  return { v4Keys, v4Ids, v4Flags, n4, v6 };
+  const rows6: StoredRules['v6'] = [];
+  for (let o = 0; o + 36 <= v6.length; o += 36) {
+    // cidr_send: family, bits, is_cidr, 16 (the address length), the address.
+    const addr = (v6.readBigUInt64BE(o + 4) << 64n) | v6.readBigUInt64BE(o + 12);
+    const idf = v6.readUInt32BE(o + 20) * 4294967296 + v6.readUInt32BE(o + 24);
+    const flags = idf % 4;
+    rows6.push({ net: { family: 6, addr, prefix: v6[o + 1] }, id: (idf - flags) / 4, flags, expires: int8At(view(v6), o + 28) });
+  }
+  return { stored: { v4Keys, v4Ids, v4Flags, v4Expires, n4, v6: rows6 }, seq };
+}
+
+const asBuffer = (u: Uint8Array | null | undefined) => (u ? Buffer.from(u.buffer, u.byteOffset, u.byteLength) : Buffer.alloc(0));
+
+/**
+ * Read the source's rules (inside a transaction). On a server through COPY in binary, which hands the values over as
+ * they are (node-postgres reads every result value as text: 45 MB of hex for a million rules);
+ * on PGlite as a query.
+ */
+async function readSource(db: Db, tx: Queryable, opts: Pick<SpamlistMerge, 'source' | 'reason'>): Promise<SourceRead> {
+  const client = db.pgClient;
+  if (!client) {
+    const r = await tx.query<{ k: Uint8Array | null; i: Uint8Array | null; e: Uint8Array | null; v6: Uint8Array | null; seq: number }>(
+      readSql('$1', '$2'),
+      [opts.source, opts.reason],
+    );
+    const row = r.rows[0];
+    return decodeRead(asBuffer(row.k), asBuffer(row.i), asBuffer(row.e), asBuffer(row.v6), Number(row.seq));
+  }
+  const { to: copyTo } = await import('pg-copy-streams');
+  // One process scans, in table order — after our own sorted writes, network order, so the
+  // diff rarely sorts. Parallel workers gain nothing here (the aggregate is the work).
+  await tx.exec('SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off');
+  const parts: Buffer[] = [];
+  try {
+    const sql = readSql(client.escapeLiteral(opts.source), client.escapeLiteral(opts.reason));
+    for await (const chunk of client.query(copyTo(`COPY (${sql}) TO STDOUT (FORMAT binary)`))) parts.push(chunk as Buffer);
+  } catch (err) {
+    throw dbError(err, 'reading the rules of the source failed');
+  }
+  // Signature (11 bytes), flags, header extension; one row of five fields; the trailer.
+  const b = Buffer.concat(parts);
+  let pos = 19 + b.readInt32BE(15);
+  if (b.readInt16BE(pos) !== 5) throw new TemporaryError('reading the rules of the source: unexpected COPY data');
+  pos += 2;
+  const field = () => {
+    const len = b.readInt32BE(pos);
+    pos += 4;
+    if (len < 0) return Buffer.alloc(0); // NULL: no such rules
+    pos += len;
+    return b.subarray(pos - len, pos);
+  };
+  const [k, id, e, v6, seq] = [field(), field(), field(), field(), field()];
+  return decodeRead(k, id, e, v6, int8At(view(seq), 0));
+}
+
+/**
+ * Start reading the source's rules on a server connection before the list has been read, so
+ * the server's half of the work runs while this process parses. mergeSpamlist uses it when the
+ * change counter has not moved since (nothing was written anywhere); otherwise it reads again.
+ * Never rejects: on any trouble the transaction reads for itself.
+ */
+export function readSourceEarly(db: Db, opts: Pick<SpamlistMerge, 'source' | 'reason'>): Promise<SourceRead | null> {
+  return db.transaction((tx) => readSource(db, tx, opts)).catch(() => null);
 }
 
 /** `{1,2,3}`: an id array as one parameter (a million ids: one string, not a million values). */
@@ -185,7 +250,7 @@ const v4Text = (key: number) => {
  * (cidr: family, bits, is_cidr, length, address bytes) followed by the same bytes for action,
  * source, reason and expiry. The server reads binary values without parsing text.
  */
-function* copyRows(keys: number[], v6: Net[], opts: SpamlistMerge, nowMicros: number): Generator<Buffer> {
+function* copyRows(keys: number[], v6: Net[], opts: SpamlistMerge, expiresAt: number | null): Generator<Buffer> {
   const field = (v: Buffer) => {
     const b = Buffer.alloc(4 + v.length);
     b.writeInt32BE(v.length);
@@ -193,12 +258,12 @@ function* copyRows(keys: number[], v6: Net[], opts: SpamlistMerge, nowMicros: nu
     return b;
   };
   let expiry: Buffer;
-  if (opts.ttlSeconds === null) {
+  if (expiresAt === null) {
     expiry = Buffer.alloc(4);
     expiry.writeInt32BE(-1); // NULL
   } else {
     const e = Buffer.alloc(8);
-    e.writeBigInt64BE(BigInt(nowMicros - PG_EPOCH_SECONDS * 1_000_000 + Math.round(opts.ttlSeconds * 1_000_000)));
+    e.writeBigInt64BE(BigInt(expiresAt)); // timestamptz: microseconds since 2000-01-01
     expiry = field(e);
   }
   const tail = Buffer.concat([
@@ -255,18 +320,18 @@ function* copyRows(keys: number[], v6: Net[], opts: SpamlistMerge, nowMicros: nu
 }
 
 /** Insert new rules: COPY straight into qguard.rules (server), batched unnest (embedded). */
-async function insertRules(db: Db, tx: Queryable, keys: number[], v6: Net[], opts: SpamlistMerge): Promise<void> {
+async function insertRules(db: Db, tx: Queryable, keys: number[], v6: Net[], opts: SpamlistMerge, run: DiffOptions): Promise<void> {
   if (db.pgClient) {
     const { from: copyFrom } = await import('pg-copy-streams');
-    const now = await tx.query<{ us: number }>('SELECT (extract(epoch FROM now()) * 1000000)::int8 AS us');
-    const nowMicros = Number(now.rows[0].us);
+    // now() + ttl, as the SQL statements write it.
+    const expiresAt = run.ttl === null ? null : run.now + run.ttl;
     // One COPY per batch; the IPv6 networks ride with the last.
     for (let i = 0; i === 0 || i < keys.length; i += WRITE_BATCH) {
       const last = i + WRITE_BATCH >= keys.length;
       const sink = db.pgClient.query(
         copyFrom('COPY qguard.rules (network, action, source, reason, expires_at) FROM STDIN (FORMAT binary)'),
       );
-      await pipeline(Readable.from(copyRows(keys.slice(i, i + WRITE_BATCH), last ? v6 : [], opts, nowMicros)), sink);
+      await pipeline(Readable.from(copyRows(keys.slice(i, i + WRITE_BATCH), last ? v6 : [], opts, expiresAt)), sink);
     }
     return;
   }
@@ -293,7 +358,7 @@ function isUniqueViolation(err: unknown): boolean {
  * writes (a rule to rewrite was gone, or a network to insert had appeared: the inserts are then
  * undone to their savepoint); the caller reads again and writes what is left.
  */
-async function apply(db: Db, tx: Queryable, plan: ListDiff, opts: SpamlistMerge): Promise<boolean> {
+async function apply(db: Db, tx: Queryable, plan: ListDiff, opts: SpamlistMerge, run: DiffOptions): Promise<boolean> {
   let ok = true;
   if (plan.remove.length > 0) await removeRules(tx, plan.remove);
   if (plan.rewrite.length > 0) ok = await rewriteRules(tx, plan.rewrite, opts);
@@ -303,7 +368,7 @@ async function apply(db: Db, tx: Queryable, plan: ListDiff, opts: SpamlistMerge)
     // --source list:NAME`) can have added one of these networks since.
     await tx.exec('SAVEPOINT qguard_spamlist_insert');
     try {
-      await insertRules(db, tx, plan.insert4, plan.insert6, opts);
+      await insertRules(db, tx, plan.insert4, plan.insert6, opts, run);
       await tx.exec('RELEASE SAVEPOINT qguard_spamlist_insert');
     } catch (err) {
       if (!isUniqueViolation(err)) throw dbError(err, 'storing the new entries failed');
@@ -325,6 +390,8 @@ export async function mergeSpamlist(
   plan: (relayTrust: readonly Net[]) => StagedList,
   opts: SpamlistMerge,
 ): Promise<SpamlistDiff> {
+  // The early read has its own (read-only) transaction on this connection: let it finish.
+  const early = opts.early ? await opts.early : null;
   return db.transaction(async (tx) => {
     // Two imports of the same list (two hosts' cron) take turns instead of colliding.
     await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`qguard import-spamlist ${opts.source}`]);
@@ -346,9 +413,20 @@ export async function mergeSpamlist(
     const dropped = list.dropped;
 
     opts.onPhase?.('reading the rules of the source');
-    const stored = await readSource(tx, opts);
+    // The early read still holds if nothing has been written since its snapshot (the counter
+    // moves with every change of a rule, in the writer's transaction).
+    const state = await tx.query<{ seq: number; now: number }>(
+      `SELECT change_seq AS seq, (extract(epoch FROM now()) * 1000000)::int8 - ${PG_EPOCH_SECONDS}000000 AS now
+         FROM qguard.state`,
+    );
+    const run: DiffOptions = {
+      replace: opts.replace,
+      now: Number(state.rows[0].now),
+      ttl: opts.ttlSeconds === null ? null : Math.round(opts.ttlSeconds * 1_000_000),
+    };
+    const read = early && early.seq === Number(state.rows[0].seq) ? early : await readSource(db, tx, opts);
     opts.onPhase?.('comparing');
-    let changes = diffList(list.v4, list.v6, stored, opts.replace);
+    let changes = diffList(list.v4, list.v6, read.stored, run);
     const diff: SpamlistDiff = {
       staged: list.networks,
       skipped: dropped.length,
@@ -367,12 +445,12 @@ export async function mergeSpamlist(
 
     opts.onPhase?.('writing');
     const planned = changes.insert4.length + changes.insert6.length + changes.rewrite.length + changes.remove.length;
-    for (let attempt = 1; !(await apply(db, tx, changes, opts)); attempt++) {
+    for (let attempt = 1; !(await apply(db, tx, changes, opts, run)); attempt++) {
       if (attempt === ATTEMPTS) {
         throw new TemporaryError(`the rules of ${opts.source} kept changing during the import: nothing changed, run it again`);
       }
       // Someone else wrote rules of this source meanwhile: what is left to do is the diff now.
-      changes = diffList(list.v4, list.v6, await readSource(tx, opts), opts.replace);
+      changes = diffList(list.v4, list.v6, (await readSource(db, tx, opts)).stored, run);
     }
     if (planned >= WRITE_BATCH) {
       // A large change leaves the planner's statistics behind (a first import into an empty

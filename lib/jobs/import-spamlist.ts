@@ -14,7 +14,7 @@ import { type Net, netFirst, netLast } from '../net/address.js';
 import { ruleRefusal, sourceRefusal } from '../policy/guards.js';
 import { MAX_LINE, QUICK_SKIP, isMarkupLine, parseLine, quickLineBytes } from '../spamlist/parse-line.js';
 import { EntrySet } from '../spamlist/entry-set.js';
-import { type SpamlistDiff, mergeSpamlist } from '../db/spamlist.js';
+import { type SourceRead, type SpamlistDiff, mergeSpamlist, readSourceEarly } from '../db/spamlist.js';
 import type { Db } from '../db/connect.js';
 import { safeForTerminal } from '../text.js';
 
@@ -113,6 +113,9 @@ class Reporter {
   }
 }
 
+/** 2^i for i = 0..32: the size of a /(32 - i). */
+const POW2 = Float64Array.from({ length: 33 }, (_, i) => 2 ** i);
+
 /** The guards, prepared for a cheap test of a plain IPv4 network on the hot path. */
 function guardsFor(ctx: RunContext) {
   const settings = { protectedNets: ctx.protectedNets(), minPrefix: ctx.config.minPrefix };
@@ -125,7 +128,7 @@ function guardsFor(ctx: RunContext) {
     /** True when an IPv4 network (as numbers) passes every guard without a doubt. */
     clearV4(addr: number, prefix: number): boolean {
       if (prefix < min4) return false;
-      const last = addr + 2 ** (32 - prefix) - 1;
+      const last = addr + POW2[32 - prefix] - 1;
       for (let i = 0; i < v4.length; i += 2) if (addr <= v4[i + 1] && v4[i] <= last) return false;
       return true;
     },
@@ -208,6 +211,7 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
   const name = (opts.source ?? '').trim();
   if (name === '') throw new UsageError('--source NAME is required (entries belong to list:NAME)');
   const source = `list:${name}`;
+  const reason = `listed by ${name}`;
   const bad = sourceRefusal(source);
   if (bad) throw new UsageError(`--source: ${bad}`);
   let ttlSeconds: number | null = null;
@@ -229,12 +233,18 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
     throw new UsageError('no input: pipe a list into import-spamlist or name the files');
   }
 
-  // A database server is connected to while the list streams in (an embedded one is opened
+  // A database server is connected to while the list streams in, and reads the source's
+  // rules meanwhile: its half of the work runs beside the parsing (an embedded one is opened
   // after: starting it costs the CPU the parsing needs). A refused input never waits for it.
   let dbEarly: Promise<Db> | null = null;
+  let early: Promise<SourceRead | null> | null = null;
   if (ctx.config.databaseUrl || ctx.config.usePgEnv) {
     dbEarly = ctx.db();
     dbEarly.catch(() => {});
+    early = dbEarly.then(
+      (db) => readSourceEarly(db, { source, reason }),
+      () => null,
+    );
   }
 
   // --- The streaming pass: parse, guard, collect.
@@ -266,8 +276,8 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
           return;
         }
         if (key >= 0) {
-          const prefix = key % 64;
-          if (guards.clearV4((key - prefix) / 64, prefix)) {
+          const addr = Math.floor(key / 64);
+          if (guards.clearV4(addr, key - addr * 64)) {
             entryLines++;
             stats.valid++;
             set.addV4Key(key);
@@ -337,7 +347,8 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
   };
   const diff: SpamlistDiff = await mergeSpamlist(db, plan, {
     source,
-    reason: `listed by ${name}`,
+    reason,
+    early,
     ttlSeconds,
     replace: Boolean(opts.replace),
     dryRun: Boolean(opts.dryRun),

@@ -6,14 +6,17 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import type { Net } from '../../lib/net/address.js';
-import { CURRENT, LIVE, UNSCOPED, type StoredRules, diffList } from '../../lib/spamlist/list-diff.js';
+import { SAME, UNSCOPED, type StoredRules, diffList, order } from '../../lib/spamlist/list-diff.js';
 
 interface Row {
   id: number;
   key: string; // v4:KEY or v6:ADDR/PREFIX
   flags: number;
+  expires: number;
 }
 
+const NOW = 8e14; // microseconds since 2000-01-01, some day in 2025
+const HOUR = 3600e6;
 const v4Key = (k: number) => `v4:${k}`;
 const v6Key = (n: Net) => `v6:${n.addr}/${n.prefix}`;
 const v6Net = (i: number): Net => ({ family: 6, addr: (0x20010db8n << 96n) + BigInt(i) * 256n, prefix: 120 });
@@ -26,27 +29,24 @@ function stored(rows: Row[], shuffle: number): StoredRules {
     v4Keys: Float64Array.from(order, (i) => Number(v4[i].key.slice(3))),
     v4Ids: Float64Array.from(order, (i) => v4[i].id),
     v4Flags: Uint8Array.from(order, (i) => v4[i].flags),
+    v4Expires: Float64Array.from(order, (i) => v4[i].expires),
     n4: v4.length,
     v6: rows
       .filter((r) => r.key.startsWith('v6:'))
       .map((r) => {
         const [addr, prefix] = r.key.slice(3).split('/');
-        return { net: { family: 6 as const, addr: BigInt(addr), prefix: Number(prefix) }, id: r.id, flags: r.flags };
+        const net: Net = { family: 6, addr: BigInt(addr), prefix: Number(prefix) };
+        return { net, id: r.id, flags: r.flags, expires: r.expires };
       }),
   };
 }
 
+/** Expiries around the window of a 10-hour --for: none, past, less than half left, in the window, beyond it. */
+const arbExpiry = fc.constantFrom(Infinity, NOW - 1, NOW, NOW + HOUR, NOW + 5 * HOUR - 1, NOW + 5 * HOUR, NOW + 7 * HOUR, NOW + 10 * HOUR, NOW + 10 * HOUR + 1);
+
 /** Random rules of one source: at most one unscoped row a network (the unique constraint), host-scoped ones besides. */
 const arbRows = fc
-  .array(
-    fc.record({
-      net: fc.integer({ min: 0, max: 40 }),
-      scoped: fc.boolean(),
-      live: fc.boolean(),
-      current: fc.boolean(),
-    }),
-    { maxLength: 60 },
-  )
+  .array(fc.record({ net: fc.integer({ min: 0, max: 40 }), scoped: fc.boolean(), same: fc.boolean(), expires: arbExpiry }), { maxLength: 60 })
   .map((specs) => {
     const rows: Row[] = [];
     const unscoped = new Set<string>();
@@ -56,9 +56,7 @@ const arbRows = fc
         if (unscoped.has(key)) return;
         unscoped.add(key);
       }
-      // CURRENT (stored as this run writes it, expiry included) implies live and unscoped.
-      const flags = (s.scoped ? 0 : UNSCOPED) | (s.live ? LIVE : 0) | (!s.scoped && s.live && s.current ? CURRENT : 0);
-      rows.push({ id: 1000 + i, key, flags });
+      rows.push({ id: 1000 + i, key, flags: (s.scoped ? 0 : UNSCOPED) | (s.same ? SAME : 0), expires: s.expires });
     });
     return rows;
   });
@@ -67,36 +65,42 @@ const arbWant = fc.uniqueArray(fc.integer({ min: 0, max: 40 }), { maxLength: 40 
 describe('diffList', () => {
   it('equals a brute-force model: the source ends up holding exactly the list, counts as reported', () => {
     fc.assert(
-      fc.property(arbRows, arbWant, fc.boolean(), fc.nat(), (rows, want, replace, shuffle) => {
+      fc.property(arbRows, arbWant, fc.boolean(), fc.option(fc.constant(10 * HOUR)), fc.nat(), (rows, want, replace, ttl, shuffle) => {
         const want4 = Float64Array.from(want.filter((w) => w < 30).map((w) => w * 64 + 32)).sort();
         const want6 = want.filter((w) => w >= 30).map(v6Net);
         const wanted = new Set([...Array.from(want4, v4Key), ...want6.map(v6Key)]);
-        const d = diffList(want4, want6, stored(rows, shuffle), replace);
+        const d = diffList(want4, want6, stored(rows, shuffle), { replace, now: NOW, ttl });
 
-        // The counts, as the model says.
-        const live = rows.filter((r) => r.flags & LIVE);
-        const heldLive = live.filter((r) => r.flags & UNSCOPED && wanted.has(r.key));
-        expect(d.existing).toBe(live.length);
-        expect(d.matched).toBe(heldLive.length);
-        expect(d.unchanged).toBe(heldLive.filter((r) => r.flags & CURRENT).length);
+        // The model: live = expires after now; written as this run writes = same action,
+        // reason and who, and no expiry (no --for) or one between now + ttl/2 and now + ttl.
+        const live = (r: Row) => r.expires > NOW;
+        const asWritten = (r: Row) =>
+          (r.flags & SAME) !== 0 && (ttl === null ? r.expires === Infinity : r.expires >= NOW + ttl / 2 && r.expires <= NOW + ttl);
+        const held = rows.filter((r) => r.flags & UNSCOPED && wanted.has(r.key));
+        expect(d.existing).toBe(rows.filter(live).length);
+        expect(d.matched).toBe(held.filter(live).length);
+        expect(d.unchanged).toBe(held.filter((r) => live(r) && asWritten(r)).length);
+        // Rewritten: exactly the held rules not as this run writes them (expired ones included).
+        expect([...d.rewrite].sort()).toEqual(held.filter((r) => !(live(r) && asWritten(r))).map((r) => r.id).sort());
 
         // Apply the writes to the model.
         const ids = new Set(rows.map((r) => r.id));
         for (const id of d.remove) expect(ids.delete(id)).toBe(true);
         const byId = new Map(rows.map((r) => [r.id, { ...r }]));
+        const fresh = { flags: UNSCOPED | SAME, expires: ttl === null ? Infinity : NOW + ttl };
         for (const id of d.rewrite) {
           expect(ids.has(id)).toBe(true);
-          byId.get(id)!.flags = UNSCOPED | LIVE | CURRENT;
+          Object.assign(byId.get(id)!, fresh);
         }
         let next = 1;
         const after = [...ids].map((id) => byId.get(id)!);
-        for (const k of d.insert4) after.push({ id: next++, key: v4Key(k), flags: UNSCOPED | LIVE | CURRENT });
-        for (const n of d.insert6) after.push({ id: next++, key: v6Key(n), flags: UNSCOPED | LIVE | CURRENT });
+        for (const k of d.insert4) after.push({ id: next++, key: v4Key(k), ...fresh });
+        for (const n of d.insert6) after.push({ id: next++, key: v6Key(n), ...fresh });
 
-        // Exactly one unscoped, current rule per listed network.
+        // Exactly one unscoped rule per listed network, live and as this run writes it.
         const unscopedAfter = after.filter((r) => r.flags & UNSCOPED && wanted.has(r.key));
         expect(unscopedAfter.map((r) => r.key).sort()).toEqual([...wanted].sort());
-        for (const r of unscopedAfter) expect(r.flags).toBe(UNSCOPED | LIVE | CURRENT);
+        for (const r of unscopedAfter) expect(live(r) && asWritten(r)).toBe(true);
         if (replace) {
           // Nothing else of the source is left.
           expect(after.length).toBe(wanted.size);
@@ -105,9 +109,6 @@ describe('diffList', () => {
           expect(d.remove).toEqual([]);
           for (const r of rows) if (!(r.flags & UNSCOPED && wanted.has(r.key))) expect(byId.get(r.id)).toEqual(r);
         }
-
-        // Minimal: a rule already right is never written; nothing is inserted twice.
-        for (const id of d.rewrite) expect(rows.find((r) => r.id === id)!.flags & CURRENT).toBe(0);
         expect(new Set(d.insert4).size).toBe(d.insert4.length);
       }),
       { numRuns: 3000 },
@@ -115,14 +116,41 @@ describe('diffList', () => {
   });
 
   it('an unchanged list writes nothing', () => {
-    const rows: Row[] = [5, 9, 12].map((n, i) => ({ id: i + 1, key: v4Key(n * 64 + 32), flags: UNSCOPED | LIVE | CURRENT }));
-    const d = diffList(Float64Array.from([5, 9, 12], (n) => n * 64 + 32), [], stored(rows, 3), true);
+    const rows: Row[] = [5, 9, 12].map((n, i) => ({ id: i + 1, key: v4Key(n * 64 + 32), flags: UNSCOPED | SAME, expires: Infinity }));
+    const d = diffList(Float64Array.from([5, 9, 12], (n) => n * 64 + 32), [], stored(rows, 3), { replace: true, now: NOW, ttl: null });
     expect(d).toEqual({ existing: 3, matched: 3, unchanged: 3, insert4: [], insert6: [], rewrite: [], remove: [] });
   });
 
+  it('--for: an expiry at least half of it away is kept; less than half, none, or beyond it is rewritten', () => {
+    const at = (expires: number) =>
+      diffList(Float64Array.from([5 * 64 + 32]), [], stored([{ id: 7, key: v4Key(5 * 64 + 32), flags: UNSCOPED | SAME, expires }], 0), {
+        replace: false,
+        now: NOW,
+        ttl: 10 * HOUR,
+      });
+    expect(at(NOW + 10 * HOUR)).toMatchObject({ unchanged: 1, rewrite: [] });
+    expect(at(NOW + 5 * HOUR)).toMatchObject({ unchanged: 1, rewrite: [] });
+    expect(at(NOW + 5 * HOUR - 1)).toMatchObject({ unchanged: 0, rewrite: [7] });
+    expect(at(Infinity)).toMatchObject({ unchanged: 0, rewrite: [7] });
+    expect(at(NOW + 10 * HOUR + 1)).toMatchObject({ unchanged: 0, rewrite: [7] });
+  });
+
   it('an expired rule the list names again is rewritten (and is not counted as existing)', () => {
-    const rows: Row[] = [{ id: 7, key: v4Key(5 * 64 + 32), flags: UNSCOPED }];
-    const d = diffList(Float64Array.from([5 * 64 + 32]), [], stored(rows, 0), true);
+    const rows: Row[] = [{ id: 7, key: v4Key(5 * 64 + 32), flags: UNSCOPED | SAME, expires: NOW - 1 }];
+    const d = diffList(Float64Array.from([5 * 64 + 32]), [], stored(rows, 0), { replace: true, now: NOW, ttl: null });
     expect(d).toMatchObject({ existing: 0, matched: 0, unchanged: 0, rewrite: [7], insert4: [], remove: [] });
+  });
+
+  it('order: the positions that sort the keys, stable, sorted input or not', () => {
+    const arbKey = fc.oneof(fc.integer({ min: 0, max: 2 ** 32 - 1 }).map((a) => a * 64 + 32), fc.integer({ min: 0, max: 2 ** 38 - 1 }), fc.constant(5));
+    fc.assert(
+      fc.property(fc.array(arbKey, { maxLength: 300 }), fc.boolean(), (list, presort) => {
+        const keys = Float64Array.from(presort ? [...list].sort((a, b) => a - b) : list);
+        const idx = Array.from(order(keys, keys.length));
+        const want = keys.length === 0 ? [] : [...keys.keys()].sort((a, b) => keys[a] - keys[b] || a - b);
+        expect(idx).toEqual(want);
+      }),
+      { numRuns: 2000 },
+    );
   });
 });

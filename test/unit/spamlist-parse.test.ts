@@ -16,8 +16,9 @@ import {
   quickDottedQuad,
   quickDottedQuadBytes,
   quickLineBytes,
+  parseNetJunkFirst,
 } from '../../lib/spamlist/parse-line.js';
-import { EntrySet, rangeToCidrsCapped, v4RangeToCidrs } from '../../lib/spamlist/entry-set.js';
+import { EntrySet, rangeToCidrsCapped, sortKeys, v4RangeToCidrs } from '../../lib/spamlist/entry-set.js';
 
 /** The networks of a line as CIDR text, or throws with what the parser said. */
 const nets = (line: string): string[] => {
@@ -220,6 +221,22 @@ describe('quickLineBytes: the reader\'s hot path says what parseLine says, whene
   });
 });
 
+describe('parseNetJunkFirst: parseNet, answering junk without ipaddr', () => {
+  it('gives parseNet\'s answer for every text', () => {
+    const piece = fc.constantFrom('1', '0', '01', '255', '256', '.', '/', '24', ':', '::', 'ffff', 'x', 'g', ' ', '%', '-', 'é', '\t');
+    fc.assert(fc.property(fc.array(piece, { maxLength: 12 }), (ps) => {
+      const t = ps.join('');
+      expect(parseNetJunkFirst(t), JSON.stringify(t)).toEqual(parseNet(t));
+    }), { numRuns: 20_000 });
+    fc.assert(fc.property(fc.string({ maxLength: 120 }), (t) => {
+      expect(parseNetJunkFirst(t)).toEqual(parseNet(t));
+    }), { numRuns: 5000 });
+    for (const t of ['023.45.67.89x', 'junk', 'x/24', `${'a'.repeat(101)}`, '1.2.3.4/x', '::ffff:1.2.3.4', 'fe80::1%eth0']) {
+      expect(parseNetJunkFirst(t), t).toEqual(parseNet(t));
+    }
+  });
+});
+
 // ---------------------------------------------------------------------------------------
 // Aggregation
 
@@ -247,6 +264,21 @@ function aggregateTexts(input: Net[], min = { 4: 0, 6: 0 }) {
 }
 
 describe('EntrySet: deduplicate and aggregate', () => {
+  it('sortKeys (radix, from 4096 keys) sorts as the built-in numeric sort does', () => {
+    const arbKey = fc.oneof(
+      fc.tuple(fc.integer({ min: 0, max: 2 ** 32 - 1 }), fc.integer({ min: 0, max: 32 })).map(([a, p]) => a * 64 + p),
+      fc.integer({ min: 0, max: 300 }),
+    );
+    fc.assert(
+      fc.property(fc.array(arbKey, { minLength: 4000, maxLength: 9000 }), (list) => {
+        const keys = Float64Array.from(list);
+        sortKeys(keys);
+        expect(keys).toEqual(Float64Array.from(list).sort());
+      }),
+      { numRuns: 30 },
+    );
+  });
+
   it('counts duplicates and what aggregation absorbed', () => {
     const input = ['192.0.2.0/25', '192.0.2.128/25', '192.0.2.0/25', '192.0.2.7', '198.51.100.1', '2001:db8::/64', '2001:db8::/64']
       .map((t) => (parseNet(t) as { net: Net }).net);
