@@ -67,18 +67,19 @@ export interface StoredSignature {
   line1: string;
   sig: string;
   messSig: string;
+  state: MessageState;
 }
 
 /** The live rows of one split group of a host, by queue id (a reused id may have several). */
 export async function liveGroup(db: Queryable, host: string, split: number): Promise<Map<string, StoredSignature[]>> {
-  const r = await db.query<{ id: number; qid: string; line1: string; sig: string; mess_sig: string }>(
-    `SELECT id, queue_id::text AS qid, line1, sig, mess_sig FROM qguard.messages
+  const r = await db.query<{ id: number; qid: string; line1: string; sig: string; mess_sig: string; state: MessageState }>(
+    `SELECT id, queue_id::text AS qid, line1, sig, mess_sig, state FROM qguard.messages
       WHERE host = $1 AND split = $2 AND gone_at IS NULL`,
     [host, split],
   );
   const out = new Map<string, StoredSignature[]>();
   for (const row of r.rows) {
-    const s: StoredSignature = { rowId: Number(row.id), queueId: row.qid, line1: row.line1, sig: row.sig, messSig: row.mess_sig };
+    const s: StoredSignature = { rowId: Number(row.id), queueId: row.qid, line1: row.line1, sig: row.sig, messSig: row.mess_sig, state: row.state };
     const list = out.get(s.queueId);
     if (list) list.push(s);
     else out.set(s.queueId, [s]);
@@ -328,11 +329,19 @@ function clock(msOfDay: number): string {
 
 /** One new row for `host` as a line of COPY text (host field already escaped: copyField). */
 export function copyLine(hostField: string, row: RecordRow): string {
-  // Values seldom hold a backslash, tab or line end: write them as they are, and look once at
-  // the whole line (one tab per field, no backslash or line end); else escape field by field.
+  return `${copyFields(hostField, row)}\n`;
+}
+
+/** copyLine without its newline. */
+function copyFields(hostField: string, row: RecordRow): string {
+  // Values seldom hold a backslash, tab or line end: write them as they are, then look once at
+  // the whole line (one tab per field, no line end, no backslash but those of the \N nulls);
+  // otherwise escape field by field.
+  let nulls = 0;
+  for (let i = 0; i < row.length; i++) if (row[i] === null) nulls++;
   const plain = lineOf(hostField, row, false);
-  if (!/[\\\n\r]/.test(plain) && tabs(plain) === row.length) return `${plain}\n`;
-  return `${lineOf(hostField, row, true)}\n`;
+  if (plain.indexOf('\n') < 0 && plain.indexOf('\r') < 0 && count(plain, '\\') === nulls && count(plain, '\t') === row.length) return plain;
+  return lineOf(hostField, row, true);
 }
 
 function lineOf(hostField: string, row: RecordRow, escape: boolean): string {
@@ -348,9 +357,10 @@ function lineOf(hostField: string, row: RecordRow, escape: boolean): string {
   return line;
 }
 
-function tabs(s: string): number {
+/** How many times `c` occurs in `s`. */
+function count(s: string, c: string): number {
   let n = 0;
-  for (let i = s.indexOf('\t'); i >= 0; i = s.indexOf('\t', i + 1)) n++;
+  for (let i = s.indexOf(c); i >= 0; i = s.indexOf(c, i + 1)) n++;
   return n;
 }
 
@@ -377,15 +387,16 @@ export class CopyRows {
   constructor(private readonly hostField: string) {}
 
   add(row: RecordRow): void {
-    const line = copyLine(this.hostField, row);
-    // At most 3 bytes of UTF-8 per UTF-16 unit.
-    if (this.block === null || this.block.length - this.used < line.length * 3) {
+    const line = copyFields(this.hostField, row);
+    // At most 3 bytes of UTF-8 per UTF-16 unit, and the newline.
+    if (this.block === null || this.block.length - this.used < line.length * 3 + 1) {
       this.endBlock();
-      this.block = Buffer.allocUnsafe(Math.max(COPY_BLOCK, line.length * 3));
+      this.block = Buffer.allocUnsafe(Math.max(COPY_BLOCK, line.length * 3 + 1));
     }
     const n = this.block.write(line, this.used, 'utf8');
-    this.used += n;
-    this.bytes += n;
+    this.block[this.used + n] = 10;
+    this.used += n + 1;
+    this.bytes += n + 1;
     this.rows++;
   }
 

@@ -392,6 +392,39 @@ export function messageSignature(stats: MessageStats): { sig: string; messSig: s
   return { sig, messSig: m ? `${m.ino}:${m.size}:${m.mtimeMs}:${m.ctimeMs}` : '' };
 }
 
+/**
+ * messageSignature with the parts of the `reuse` directories taken from a `stored` signature
+ * instead of a stat (for files that cannot have changed since: see scan-queue's rotation);
+ * `listed`: the directories that hold a file of the message now. Null when `stored` lacks one.
+ */
+export function signatureReusing(
+  stats: MessageStats,
+  stored: string,
+  reuse: readonly QueueDirName[],
+  listed: readonly QueueDirName[],
+): string | null {
+  let sig = '';
+  for (let i = 0; i < QUEUE_DIRS.length; i++) {
+    const d = QUEUE_DIRS[i];
+    if (reuse.includes(d)) {
+      if (!listed.includes(d)) continue;
+      // Parts are `<dir index><ino>:<size>:<mtime> `, in QUEUE_DIRS order.
+      let at = 0;
+      if (!stored.startsWith(String(i))) {
+        at = stored.indexOf(` ${i}`) + 1;
+        if (at === 0) return null;
+      }
+      const end = stored.indexOf(' ', at);
+      if (end < 0) return null;
+      sig += stored.slice(at, end + 1);
+      continue;
+    }
+    const s = stats[d];
+    if (s) sig += `${i}${s.ino}:${s.size}:${s.mtimeMs} `;
+  }
+  return sig;
+}
+
 /** A file of the message disappeared between our stat and our read: it moved on. */
 export class QueueChanged extends Error {}
 
@@ -673,10 +706,7 @@ export function readListedMessage(
       const st = statOrNull(absPath(layout, d, id));
       if (st) stats[d] = st;
     }
-    // The stats in QUEUE_DIRS order, as statMessage makes them (files and signature follow it).
-    const ordered: MessageStats = {};
-    for (const d of QUEUE_DIRS) if (stats[d] !== undefined) ordered[d] = stats[d];
-    return { status: 'ok', message: messageOf(layout, id, ordered as MessageStats & { mess: FileStat }, head, env) };
+    return { status: 'ok', message: messageOf(layout, id, stats as MessageStats & { mess: FileStat }, head, env) };
   } catch (err) {
     if (err instanceof NotPlainFile || err instanceof QueueChanged || errCode(err) === 'ENOENT') {
       // Changed since the listing: stat everything, then read (and retry) as readMessage does.

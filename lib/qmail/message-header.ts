@@ -183,7 +183,10 @@ function decoderFor(charset: string): { decode(bytes: Uint8Array): string } | nu
  */
 export function decodeHeaderText(raw: string): string {
   // The common case: plain ASCII, nothing encoded.
-  if (!raw.includes('=?') && !/[\x80-\xff]/.test(raw)) return raw.replace(/\s+/g, ' ').trim();
+  if (!raw.includes('=?') && !/[\x80-\xff]/.test(raw)) {
+    // Most often already single-spaced, with nothing to trim.
+    return /[\t\n\v\f\r]| {2}|^ | $/.test(raw) ? raw.replace(/\s+/g, ' ').trim() : raw;
+  }
   // Spam repeats its subjects: decode each once.
   const hit = decoded.get(raw);
   if (hit !== undefined) return hit;

@@ -150,7 +150,9 @@ function canonicalDate(t: string): number | undefined {
   if ((y1 | y2 | hh | mm | ss | oh | om) < 0) return undefined;
   const utc = Date.UTC(y1 * 100 + y2, month, day, hh, mm, ss);
   const offset = (oh * 60 + om) * 60_000 * (sign === 45 ? -1 : 1);
-  return new Date(utc - offset).getTime();
+  // What new Date(t).getTime() gives: NaN beyond the range of dates.
+  const ms = utc - offset;
+  return Math.abs(ms) <= 8.64e15 ? ms : NaN;
 }
 
 function parseDateText(text: string): Date | null {
