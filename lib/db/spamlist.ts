@@ -133,7 +133,6 @@ function decodeRead(kb: Buffer, idb: Buffer, eb: Buffer, v6: Buffer, seq: number
   const n4 = kb.length / 8;
   const [k, id, e] = [view(kb), view(idb), view(eb)];
   const v4Keys = new Float64Array(n4);
-  const v4Ids = new Float64Array(n4);
   const v4Flags = new Uint8Array(n4);
   const v4Expires = new Float64Array(n4);
   for (let j = 0, o = 0; j < n4; j++, o += 8) {
@@ -141,9 +140,11 @@ function decodeRead(kb: Buffer, idb: Buffer, eb: Buffer, v6: Buffer, seq: number
     const key = Math.floor(kf / 4);
     v4Keys[j] = key;
     v4Flags[j] = kf - key * 4;
-    v4Ids[j] = id.getUint32(o) * 4294967296 + id.getUint32(o + 4);
-    v4Expires[j] = int8At(e, o);
+    const hi = e.getInt32(o); // expiry: see int8At
+    v4Expires[j] = hi === 0x7fffffff ? Infinity : hi * 4294967296 + e.getUint32(o + 4);
   }
+  // Ids are needed only for the rules that change: read on demand.
+  const v4Id = (j: number) => id.getUint32(j * 8) * 4294967296 + id.getUint32(j * 8 + 4);
   const rows6: StoredRules['v6'] = [];
   for (let o = 0; o + 36 <= v6.length; o += 36) {
     // cidr_send: family, bits, is_cidr, 16 (the address length), the address.
@@ -152,7 +153,7 @@ function decodeRead(kb: Buffer, idb: Buffer, eb: Buffer, v6: Buffer, seq: number
     const flags = idf % 4;
     rows6.push({ net: { family: 6, addr, prefix: v6[o + 1] }, id: (idf - flags) / 4, flags, expires: int8At(view(v6), o + 28) });
   }
-  return { stored: { v4Keys, v4Ids, v4Flags, v4Expires, n4, v6: rows6 }, seq };
+  return { stored: { v4Keys, v4Flags, v4Expires, v4Id, n4, v6: rows6 }, seq };
 }
 
 const asBuffer = (u: Uint8Array | null | undefined) => (u ? Buffer.from(u.buffer, u.byteOffset, u.byteLength) : Buffer.alloc(0));
@@ -217,9 +218,9 @@ function idArray(ids: number[], from: number, to: number): string {
 /** Delete rules by id. */
 async function removeRules(tx: Queryable, ids: number[]): Promise<void> {
   for (let i = 0; i < ids.length; i += WRITE_BATCH) {
-    await tx.query('DELETE FROM qguard.rules r USING unnest($1::bigint[]) AS d(id) WHERE r.id = d.id', [
-      idArray(ids, i, i + WRITE_BATCH),
-    ]);
+    // `= ANY(array)`: probes of the primary key for a few, a hashed filter for many; a join
+    // with unnest would read the whole index in order (3x slower for 10,000 of a million).
+    await tx.query('DELETE FROM qguard.rules WHERE id = ANY($1::bigint[])', [idArray(ids, i, i + WRITE_BATCH)]);
   }
 }
 
@@ -228,10 +229,9 @@ async function rewriteRules(tx: Queryable, ids: number[], opts: SpamlistMerge): 
   let done = 0;
   for (let i = 0; i < ids.length; i += WRITE_BATCH) {
     const r = await tx.query(
-      `UPDATE qguard.rules r
+      `UPDATE qguard.rules
           SET action = 'deny', reason = $2, who = NULL, expires_at = ${expirySql(3)}, updated_at = now()
-         FROM unnest($1::bigint[]) AS u(id)
-        WHERE r.id = u.id AND r.source = $4`,
+        WHERE id = ANY($1::bigint[]) AND source = $4`,
       [idArray(ids, i, i + WRITE_BATCH), opts.reason, opts.ttlSeconds, opts.source],
     );
     done += r.rowCount;

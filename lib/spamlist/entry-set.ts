@@ -92,6 +92,9 @@ function v4Text(addr: number, prefix: number): string {
  */
 export function sortKeys(keys: Float64Array): void {
   const n = keys.length;
+  let sorted = true; // many lists come sorted by address
+  for (let i = 1; i < n && sorted; i++) sorted = keys[i - 1] <= keys[i];
+  if (sorted) return;
   if (n < 4096) {
     keys.sort();
     return;

@@ -4,8 +4,10 @@
 // source's rules once (lib/db/spamlist.ts), this decides, and only the changes are written —
 // re-importing an unchanged list writes nothing at all. Pure: no I/O.
 //
-// IPv4 networks are numbers (address * 64 + prefix, as in entry-set.ts), so a million-entry
-// list is a merge of two sorted arrays; IPv6 entries are few and go through a Map.
+// IPv4 networks are numbers (address * 64 + prefix, as in entry-set.ts): each stored rule is
+// looked up in the sorted list by a cursor that gallops forward, so rules read in network order
+// (the table as we wrote it) cost a step each, and any other order a binary search each; IPv6
+// entries are few and go through a Map.
 
 import type { Net } from '../net/address.js';
 
@@ -15,13 +17,14 @@ export const SAME = 2; // action, reason and who as this run writes them (the ex
 
 /** The rules of one source as read from the database. */
 export interface StoredRules {
-  /** IPv4 rules: key (address * 64 + prefix), id, flags, expiry; any order. */
+  /** IPv4 rules: key (address * 64 + prefix), flags, expiry; any order. */
   v4Keys: Float64Array;
-  v4Ids: Float64Array;
   v4Flags: Uint8Array;
   /** Microseconds since 2000-01-01 (PostgreSQL's epoch); Infinity: never expires. */
   v4Expires: Float64Array;
-  /** How many of the IPv4 arrays are filled. */
+  /** The id of IPv4 rule `i` (asked only for the few rules that change). */
+  v4Id(i: number): number;
+  /** How many IPv4 rules. */
   n4: number;
   /** IPv6 rules. */
   v6: { net: Net; id: number; flags: number; expires: number }[];
@@ -55,36 +58,14 @@ export interface ListDiff {
   remove: number[];
 }
 
-/**
- * Positions 0..n-1 of `keys` (integers below 2^39) in ascending key order. Usually they come
- * sorted already (the table in the order we wrote it); otherwise a radix sort, three passes of
- * 13 bits: a million keys in some 50 ms, where a comparison sort takes 200-300 ms.
- */
-export function order(keys: Float64Array, n: number): Uint32Array {
-  let idx = new Uint32Array(n);
-  for (let i = 0; i < n; i++) idx[i] = i;
-  let sorted = true;
-  for (let i = 1; i < n && sorted; i++) sorted = keys[i] >= keys[i - 1];
-  if (sorted) return idx;
-  let tmp = new Uint32Array(n);
-  const count = new Uint32Array(8193);
-  // Digits by multiplying with powers of two and flooring: exact, and far cheaper than `%`.
-  for (let inv = 1; inv > 2 ** -39; inv /= 8192) {
-    count.fill(0);
-    for (let i = 0; i < n; i++) {
-      const q = Math.floor(keys[i] * inv);
-      count[q - Math.floor(q / 8192) * 8192 + 1]++;
-    }
-    for (let d = 1; d <= 8192; d++) count[d] += count[d - 1];
-    // Stable: each pass keeps the order of the one before among equal digits.
-    for (let i = 0; i < n; i++) {
-      const at = idx[i];
-      const q = Math.floor(keys[at] * inv);
-      tmp[count[q - Math.floor(q / 8192) * 8192]++] = at;
-    }
-    [idx, tmp] = [tmp, idx];
+/** The first index in want[from, to) whose key is >= k (to when none). */
+function lowerBound(want: Float64Array, from: number, to: number, k: number): number {
+  while (from < to) {
+    const mid = (from + to) >>> 1;
+    if (want[mid] < k) from = mid + 1;
+    else to = mid;
   }
-  return idx;
+  return from;
 }
 
 /**
@@ -104,86 +85,90 @@ export function diffList(want4: Float64Array, want6: readonly Net[], stored: Sto
   const { replace, now, ttl } = opts;
   const lo = ttl === null ? Infinity : now + Math.floor(ttl / 2);
   const hi = ttl === null ? Infinity : now + ttl;
-  /** One stored rule of a listed network; returns true when it is the unscoped one. */
-  const listed = (id: number, flags: number, expires: number): boolean => {
+  const v6 = stored.v6;
+  /** The id of stored rule `ref`: IPv4 rule `ref`, or IPv6 rule `-1 - ref`. */
+  const idOf = (ref: number) => (ref >= 0 ? stored.v4Id(ref) : v6[-1 - ref].id);
+  /** A stored rule of a listed network; returns true when it is the unscoped one, holding it. */
+  const listed = (ref: number, flags: number, expires: number): boolean => {
     const live = expires > now;
     if (live) d.existing++;
     if (!(flags & UNSCOPED)) {
-      if (replace) d.remove.push(id);
+      if (replace) d.remove.push(idOf(ref));
       return false;
     }
     if (live) {
       d.matched++;
       if (flags & SAME && expires >= lo && expires <= hi) d.unchanged++;
-      else d.rewrite.push(id);
+      else d.rewrite.push(idOf(ref));
     } else {
-      d.rewrite.push(id);
+      d.rewrite.push(idOf(ref));
     }
     return true;
   };
-  /** One stored rule the list does not name. */
-  const unlisted = (id: number, expires: number): void => {
+  /** A stored rule the list does not name. */
+  const unlisted = (ref: number, expires: number): void => {
     if (expires > now) d.existing++;
-    if (replace) d.remove.push(id);
+    if (replace) d.remove.push(idOf(ref));
   };
 
-  // IPv4: merge the two ascending sequences.
-  const { v4Keys: keys, v4Ids: ids, v4Flags: flags, v4Expires: expires, n4 } = stored;
-  const pos = order(keys, n4);
+  // IPv4: find each stored rule's network in the list; `held` marks the listed networks an
+  // unscoped rule holds, the others are inserted.
+  const { v4Keys: keys, v4Flags: flags, v4Expires: expires, n4 } = stored;
   const nw = want4.length;
-  let i = 0;
-  let j = 0;
-  while (i < nw || j < n4) {
-    const w = i < nw ? want4[i] : Infinity;
-    const at = j < n4 ? pos[j] : -1;
-    const s = at >= 0 ? keys[at] : Infinity;
-    if (w < s) {
-      d.insert4.push(w);
-      i++;
-    } else if (s < w) {
-      unlisted(ids[at], expires[at]);
-      j++;
-    } else {
-      // The usual case, inline: one rule of the network, stored as this run writes it.
-      const f = flags[at];
-      const e = expires[at];
-      if ((j + 1 === n4 || keys[pos[j + 1]] !== w) && f === (UNSCOPED | SAME) && e > now && e >= lo && e <= hi) {
+  const held = new Uint8Array(nw);
+  let cur = 0; // where the last rule's network was (or would be) in the list
+  for (let j = 0; j < n4; j++) {
+    const k = keys[j];
+    if (cur < nw && want4[cur] < k) {
+      // Forward: a step usually; galloping when the rules skip part of the list.
+      let step = 1;
+      let from = cur + 1;
+      while (from < nw && want4[from] < k) {
+        cur = from;
+        from += step;
+        step *= 2;
+      }
+      cur = lowerBound(want4, cur + 1, Math.min(from + 1, nw), k);
+    } else if (cur > 0 && (cur >= nw || want4[cur] > k) && want4[cur - 1] >= k) {
+      cur = lowerBound(want4, 0, cur, k); // out of order: search what lies behind
+    }
+    const f = flags[j];
+    const e = expires[j];
+    if (cur < nw && want4[cur] === k) {
+      // The usual case first: an unscoped rule stored as this run writes it.
+      if (f === (UNSCOPED | SAME) && e > now && e >= lo && e <= hi) {
         d.existing++;
         d.matched++;
         d.unchanged++;
-        i++;
-        j++;
-        continue;
+        held[cur] = 1;
+      } else if (listed(j, f, e)) {
+        held[cur] = 1;
       }
-      let held = false;
-      for (; j < n4 && keys[pos[j]] === w; j++) {
-        const r = pos[j];
-        if (listed(ids[r], flags[r], expires[r])) held = true;
-      }
-      if (!held) d.insert4.push(w);
-      i++;
+    } else {
+      unlisted(j, e);
     }
   }
+  for (let i = 0; i < nw; i++) if (held[i] === 0) d.insert4.push(want4[i]);
 
   // IPv6: few; by text key.
   const key6 = (n: Net) => `${n.addr.toString(16)}/${n.prefix}`;
-  const byNet = new Map<string, { id: number; flags: number; expires: number }[]>();
-  for (const r of stored.v6) {
+  const byNet = new Map<string, number[]>(); // network → positions in v6
+  v6.forEach((r, at) => {
     const k = key6(r.net);
     const rows = byNet.get(k);
-    if (rows) rows.push(r);
-    else byNet.set(k, [r]);
-  }
+    if (rows) rows.push(at);
+    else byNet.set(k, [at]);
+  });
   for (const net of want6) {
     const k = key6(net);
     const rows = byNet.get(k);
-    let held = false;
+    let isHeld = false;
     if (rows) {
       byNet.delete(k);
-      for (const r of rows) if (listed(r.id, r.flags, r.expires)) held = true;
+      for (const at of rows) if (listed(-1 - at, v6[at].flags, v6[at].expires)) isHeld = true;
     }
-    if (!held) d.insert6.push(net);
+    if (!isHeld) d.insert6.push(net);
   }
-  for (const rows of byNet.values()) for (const r of rows) unlisted(r.id, r.expires);
+  for (const rows of byNet.values()) for (const at of rows) unlisted(-1 - at, v6[at].expires);
   return d;
 }

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import type { Net } from '../../lib/net/address.js';
-import { SAME, UNSCOPED, type StoredRules, diffList, order } from '../../lib/spamlist/list-diff.js';
+import { SAME, UNSCOPED, type StoredRules, diffList } from '../../lib/spamlist/list-diff.js';
 
 interface Row {
   id: number;
@@ -23,13 +23,16 @@ const v6Net = (i: number): Net => ({ family: 6, addr: (0x20010db8n << 96n) + Big
 
 function stored(rows: Row[], shuffle: number): StoredRules {
   const v4 = rows.filter((r) => r.key.startsWith('v4:'));
-  // The database returns rows in any order.
-  const order = v4.map((_, i) => i).sort((a, b) => ((a * 7919 + shuffle) % 101) - ((b * 7919 + shuffle) % 101));
+  // The database returns rows in any order: often in network order (the table as written).
+  const key = (i: number) => Number(v4[i].key.slice(3));
+  const order = v4.map((_, i) => i);
+  if (shuffle % 3 === 0) order.sort((a, b) => key(a) - key(b));
+  else order.sort((a, b) => ((a * 7919 + shuffle) % 101) - ((b * 7919 + shuffle) % 101));
   return {
-    v4Keys: Float64Array.from(order, (i) => Number(v4[i].key.slice(3))),
-    v4Ids: Float64Array.from(order, (i) => v4[i].id),
+    v4Keys: Float64Array.from(order, key),
     v4Flags: Uint8Array.from(order, (i) => v4[i].flags),
     v4Expires: Float64Array.from(order, (i) => v4[i].expires),
+    v4Id: (j) => v4[order[j]].id,
     n4: v4.length,
     v6: rows
       .filter((r) => r.key.startsWith('v6:'))
@@ -46,12 +49,12 @@ const arbExpiry = fc.constantFrom(Infinity, NOW - 1, NOW, NOW + HOUR, NOW + 5 * 
 
 /** Random rules of one source: at most one unscoped row a network (the unique constraint), host-scoped ones besides. */
 const arbRows = fc
-  .array(fc.record({ net: fc.integer({ min: 0, max: 40 }), scoped: fc.boolean(), same: fc.boolean(), expires: arbExpiry }), { maxLength: 60 })
+  .array(fc.record({ net: fc.integer({ min: 0, max: 300 }), scoped: fc.boolean(), same: fc.boolean(), expires: arbExpiry }), { maxLength: 120 })
   .map((specs) => {
     const rows: Row[] = [];
     const unscoped = new Set<string>();
     specs.forEach((s, i) => {
-      const key = s.net < 30 ? v4Key(s.net * 64 + 32) : v6Key(v6Net(s.net));
+      const key = s.net < 280 ? v4Key(s.net * 64 + 32) : v6Key(v6Net(s.net));
       if (!s.scoped) {
         if (unscoped.has(key)) return;
         unscoped.add(key);
@@ -60,14 +63,15 @@ const arbRows = fc
     });
     return rows;
   });
-const arbWant = fc.uniqueArray(fc.integer({ min: 0, max: 40 }), { maxLength: 40 });
+// Lists from a few networks to most of the space, so the cursor both steps and gallops.
+const arbWant = fc.uniqueArray(fc.integer({ min: 0, max: 300 }), { maxLength: 250 });
 
 describe('diffList', () => {
   it('equals a brute-force model: the source ends up holding exactly the list, counts as reported', () => {
     fc.assert(
       fc.property(arbRows, arbWant, fc.boolean(), fc.option(fc.constant(10 * HOUR)), fc.nat(), (rows, want, replace, ttl, shuffle) => {
-        const want4 = Float64Array.from(want.filter((w) => w < 30).map((w) => w * 64 + 32)).sort();
-        const want6 = want.filter((w) => w >= 30).map(v6Net);
+        const want4 = Float64Array.from(want.filter((w) => w < 280).map((w) => w * 64 + 32)).sort();
+        const want6 = want.filter((w) => w >= 280).map(v6Net);
         const wanted = new Set([...Array.from(want4, v4Key), ...want6.map(v6Key)]);
         const d = diffList(want4, want6, stored(rows, shuffle), { replace, now: NOW, ttl });
 
@@ -139,18 +143,5 @@ describe('diffList', () => {
     const rows: Row[] = [{ id: 7, key: v4Key(5 * 64 + 32), flags: UNSCOPED | SAME, expires: NOW - 1 }];
     const d = diffList(Float64Array.from([5 * 64 + 32]), [], stored(rows, 0), { replace: true, now: NOW, ttl: null });
     expect(d).toMatchObject({ existing: 0, matched: 0, unchanged: 0, rewrite: [7], insert4: [], remove: [] });
-  });
-
-  it('order: the positions that sort the keys, stable, sorted input or not', () => {
-    const arbKey = fc.oneof(fc.integer({ min: 0, max: 2 ** 32 - 1 }).map((a) => a * 64 + 32), fc.integer({ min: 0, max: 2 ** 38 - 1 }), fc.constant(5));
-    fc.assert(
-      fc.property(fc.array(arbKey, { maxLength: 300 }), fc.boolean(), (list, presort) => {
-        const keys = Float64Array.from(presort ? [...list].sort((a, b) => a - b) : list);
-        const idx = Array.from(order(keys, keys.length));
-        const want = keys.length === 0 ? [] : [...keys.keys()].sort((a, b) => keys[a] - keys[b] || a - b);
-        expect(idx).toEqual(want);
-      }),
-      { numRuns: 2000 },
-    );
   });
 });

@@ -14,7 +14,6 @@ import {
   isMarkupLine,
   parseLine,
   quickDottedQuad,
-  quickDottedQuadBytes,
   quickLineBytes,
   parseNetJunkFirst,
 } from '../../lib/spamlist/parse-line.js';
@@ -144,9 +143,11 @@ describe('parseLine: formats', () => {
 describe('quickDottedQuad: the fast path is parseNet, only faster', () => {
   const check = (s: string) => {
     const q = quickDottedQuad(s);
-    // The bytes form gives the same answer, also with the CR of a CRLF line still on it.
+    // The reader's bytes form gives the same answer for a line of just this text (unless the
+    // text is blank or a comment, or a trailing comment follows an entry), also with a CR.
     for (const bytes of [Buffer.from(`x${s}x`), Buffer.from(`x${s}\rx`)]) {
-      expect(quickDottedQuadBytes(bytes, 1, bytes.length - 1), s).toBe(q ? q.addr * 64 + q.prefix : -1);
+      const b = quickLineBytes(bytes, 1, bytes.length - 1);
+      if (s !== '' && !/[\s#;]/.test(s)) expect(b, s).toBe(q ? q.addr * 64 + q.prefix : -1);
     }
     if (q === null) return;
     const r = parseNet(s);
