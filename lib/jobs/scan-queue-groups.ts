@@ -30,8 +30,9 @@ import {
   statMessage,
 } from '../io/queue-walk.js';
 
-/** The files whose stat an unchanged directory vouches for (see readGroup). */
-const REUSED: readonly QueueDirName[] = ['mess', 'info'];
+/** The files whose recorded stat may stand for a new one (see readGroup). */
+const MESS_AND_INFO: readonly QueueDirName[] = ['mess', 'info'];
+const INFO: readonly QueueDirName[] = ['info'];
 
 /** Where the reading of a group goes. */
 export interface GroupSink {
@@ -185,12 +186,14 @@ export async function readGroup(
     let stats;
     try {
       t0 = performance.now();
-      if (opts.dirsUnchanged && rows.length === 1 && rows[0].state === 'preprocessed' && dirs.includes('info')) {
-        // Its directories unchanged, a preprocessed message has the same mess and info files as
-        // at the last scan, and qmail never rewrites those: only local/, remote/ (markdone) and
-        // bounce/ change in place. Their stat alone says whether it is unchanged.
-        const partial = statMessage(layout, id, dirs.filter((d) => d !== 'mess' && d !== 'info'));
-        if (signatureReusing(partial, rows[0].sig, REUSED, dirs) === rows[0].sig) {
+      if (rows.length === 1 && rows[0].state === 'preprocessed' && dirs.includes('info')) {
+        // qmail never rewrites mess/ or info/ of a preprocessed message in place (only local/,
+        // remote/ by markdone, and bounce/): while its mess/ file is the one recorded (same
+        // inode, size, mtime), so is its info/ file, whose stat need not be taken again. When
+        // the group's directories did not change either, mess/ is that file too.
+        const reuse = opts.dirsUnchanged ? MESS_AND_INFO : INFO;
+        const partial = statMessage(layout, id, dirs.filter((d) => !reuse.includes(d)));
+        if (signatureReusing(partial, rows[0].sig, reuse, dirs) === rows[0].sig) {
           ms.stat += performance.now() - t0;
           out.unchanged++;
           keep.add(rows[0].rowId);

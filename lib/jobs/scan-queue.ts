@@ -6,12 +6,16 @@
 //   look    stat every queue directory (about 100 of them); a directory whose signature
 //           (inode, mtime, ctime) equals the one stored at the last scan holds the same files,
 //           so its messages are not even listed. The split groups (mess/S, info/S, local/S,
-//           remote/S) that changed are listed and their files stat()ed; one more group per
-//           run, in rotation, is re-checked whatever its directories say (qmail-send rewrites
-//           local/ and remote/ files in place, which no directory records).
+//           remote/S) that changed are listed and their recorded messages' files stat()ed;
+//           one more group per run, in rotation, is re-checked whatever its directories say
+//           (qmail-send rewrites local/ and remote/ files in place, which no directory
+//           records). lib/jobs/scan-queue-groups.ts reads a group.
 //   read    only messages whose files changed: the envelope alone when mess/ is the same file,
-//           the head of mess/ too when it is new (inode reuse: line 1 tells a new message).
-//   record  batched writes (unnest), gone messages marked, old gone rows pruned.
+//           the head of mess/ too when it is new (inode reuse: line 1 tells a new message). A
+//           message not recorded yet is read without a stat first (each file opened once).
+//   record  batched and pipelined: new messages by COPY on a server database (unnest on the
+//           embedded one), gone messages marked, old gone rows pruned. A host's first scan of
+//           a large queue reads its groups in two threads; a large load is VACUUMed after.
 //   count   queued messages per source IP within the window, every host; candidates reaching
 //           the threshold are checked with decide() (relay/trust never denied), protection,
 //           QGUARD_SCAN_EXEMPT and ruleRefusal(); the rest get a `deny` rule of source `scan`.

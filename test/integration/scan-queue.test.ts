@@ -8,7 +8,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QUEUE_DIRS, type QueueDirName, listIds, openQueue, readListedMessage, readMessage, readMessageWith, statMessage } from '../../lib/io/queue-walk.js';
+import {
+  QUEUE_DIRS,
+  type QueueDirName,
+  listIds,
+  messageSignature,
+  openQueue,
+  readListedMessage,
+  readMessage,
+  readMessageWith,
+  signatureReusing,
+  statMessage,
+} from '../../lib/io/queue-walk.js';
 import {
   NO_MAILBOX,
   QueueBuilder,
@@ -203,6 +214,31 @@ describe('files that change or disappear under the reader', () => {
       const r = readMessageWith(layout, id, stats);
       expect(r.status).toBe('ok');
       if (r.status === 'ok') expect(r.message).toMatchObject({ state: 'preprocessed', sender: 's@x.example' });
+    } finally {
+      q.destroy();
+    }
+  });
+
+  it('the rotation check reuses the stored parts of mess/ and info/ and still sees local/ change', () => {
+    const q = QueueBuilder.create();
+    try {
+      const layout = openQueue(q.dir);
+      const id = q.add({ mess: networkMessage({ ip: '192.0.2.11' }), recipients: ['dave@example.net', 'x@remote.example'] });
+      const dirs: QueueDirName[] = ['mess', 'info', 'local', 'remote'];
+      const stored = messageSignature(statMessage(layout, id)).sig;
+      const partial = () => statMessage(layout, id, ['local', 'remote']);
+      expect(signatureReusing(partial(), stored, ['mess', 'info'], dirs)).toBe(stored);
+      // qmail-send's markdone: one byte rewritten in place, a new mtime.
+      const file = q.path('local', id);
+      const buf = fs.readFileSync(file);
+      buf[0] = 'D'.charCodeAt(0);
+      fs.writeFileSync(file, buf);
+      fs.utimesSync(file, new Date(), new Date(Date.now() + 5000));
+      const now = signatureReusing(partial(), stored, ['mess', 'info'], dirs);
+      expect(now).not.toBe(stored);
+      expect(now).toBe(messageSignature(statMessage(layout, id)).sig);
+      // A stored signature without the part to reuse: no answer, the caller stats everything.
+      expect(signatureReusing(partial(), stored.replace(/(^| )3\S+ /, '$1'), ['mess', 'info'], dirs)).toBeNull();
     } finally {
       q.destroy();
     }
