@@ -72,14 +72,18 @@ export interface StoredSignature {
 
 /** The live rows of one split group of a host, by queue id (a reused id may have several). */
 export async function liveGroup(db: Queryable, host: string, split: number): Promise<Map<string, StoredSignature[]>> {
-  const r = await db.query<{ id: number; qid: string; line1: string; sig: string; mess_sig: string; state: MessageState }>(
-    `SELECT id, queue_id::text AS qid, line1, sig, mess_sig, state FROM qguard.messages
-      WHERE host = $1 AND split = $2 AND gone_at IS NULL`,
+  // One JSON value instead of thousands of rows: the driver's per-row work is most of the
+  // cost of an unchanged scan's one group, JSON.parse a fraction of it.
+  const r = await db.query<{ rows: [number, string, string, string, string, MessageState][] | string }>(
+    `SELECT coalesce(json_agg(json_build_array(id, queue_id::text, line1, sig, mess_sig, state)), '[]') AS rows
+       FROM qguard.messages WHERE host = $1 AND split = $2 AND gone_at IS NULL`,
     [host, split],
   );
+  const raw = r.rows[0]?.rows ?? [];
+  const rows = typeof raw === 'string' ? (JSON.parse(raw) as Exclude<typeof raw, string>) : raw;
   const out = new Map<string, StoredSignature[]>();
-  for (const row of r.rows) {
-    const s: StoredSignature = { rowId: Number(row.id), queueId: row.qid, line1: row.line1, sig: row.sig, messSig: row.mess_sig, state: row.state };
+  for (const [id, qid, line1, sig, messSig, state] of rows) {
+    const s: StoredSignature = { rowId: Number(id), queueId: qid, line1, sig, messSig, state };
     const list = out.get(s.queueId);
     if (list) list.push(s);
     else out.set(s.queueId, [s]);

@@ -444,6 +444,9 @@ describe('how new messages are recorded: COPY on a server, unnest on the embedde
       }
     };
     expect(await sigs(embedded)).toEqual(await sigs(db));
+    // And it compares the next scan with what it stored, as the server does.
+    const again = await runCli('scan-queue', ['--json', '--no-deny'], { env: { ...embedded.env, QGUARD_QUEUE: q.dir, ...host } });
+    expect(JSON.parse(again.stdout)).toMatchObject({ scanned: 44, new: 0, updated: 0, gone: 0, errors: 0 });
   });
 
   it('under --verbose, names the stray file in the wrong subdirectory', async () => {
