@@ -1,8 +1,9 @@
 // The database half of import-spamlist, in ONE transaction, so a refused or failed run changes
 // nothing and a reader never sees half a list: drop the list's networks equal to or inside a
-// live relay/trust network, read the rules the source holds now (one binary value, not a row
-// per rule), let lib/spamlist/list-diff.ts decide what changes, let the caller refuse, then
-// write only the changes — new networks with COPY straight into qguard.rules (embedded PGlite:
+// live relay/trust network, read the rules the source holds now (one statement returning
+// binary values, not a row per rule; on a server usually read while the list was still being
+// parsed), let lib/spamlist/list-diff.ts decide what changes, let the caller refuse, then write
+// only the changes — new networks with binary COPY straight into qguard.rules (embedded PGlite:
 // batched arrays), rewrites and deletions by id in set-wise statements. No per-entry
 // statements; an unchanged list writes nothing. Every write goes through qguard.rules, so its
 // statement triggers audit each rule (one row per rule) and bump the change counter.
@@ -54,7 +55,7 @@ export interface SpamlistMerge {
   reason: string;
   /**
    * Expiry from now, seconds; null = never. A stored expiry still at least half of it away
-   * (and not beyond it) is left as it is: see `expiryIsCurrent`.
+   * (and not beyond it) is left as it is: see SAME_SQL.
    */
   ttlSeconds: number | null;
   /** After the run the source holds exactly this list. */
@@ -197,7 +198,8 @@ async function readSource(db: Db, tx: Queryable, opts: Pick<SpamlistMerge, 'sour
     return b.subarray(pos - len, pos);
   };
   const [k, id, e, v6, seq] = [field(), field(), field(), field(), field()];
-  return decodeRead(k, id, e, v6, int8At(view(seq), 0));
+  // The ids stay (read on demand): a copy of their own, so the rest of the data can go.
+  return decodeRead(k, Buffer.from(id), e, v6, int8At(view(seq), 0));
 }
 
 /**
@@ -240,8 +242,8 @@ async function rewriteRules(tx: Queryable, ids: number[], opts: SpamlistMerge): 
 }
 
 const v4Text = (key: number) => {
-  const prefix = key % 64;
-  const a = (key - prefix) / 64;
+  const a = Math.floor(key / 64);
+  const prefix = key - a * 64;
   return `${Math.floor(a / 16777216)}.${Math.floor(a / 65536) % 256}.${Math.floor(a / 256) % 256}.${a % 256}/${prefix}`;
 };
 
@@ -289,8 +291,8 @@ function* copyRows(keys: number[], v6: Net[], opts: SpamlistMerge, expiresAt: nu
   for (const key of keys) {
     const full = room();
     if (full) yield full;
-    const prefix = key % 64;
-    const a = (key - prefix) / 64;
+    const a = Math.floor(key / 64);
+    const prefix = key - a * 64;
     buf.writeInt16BE(5, pos);
     buf.writeInt32BE(8, pos + 2);
     buf[pos + 6] = 2; // PGSQL_AF_INET

@@ -1,8 +1,9 @@
 // import-spamlist: a public spam IP list (stdin or files) → the deny rules of one source,
 // `list:NAME`. One streaming pass reads the lines (never the whole list as text in memory),
 // applies the guards (QGUARD_MIN_PREFIX, protected addresses) and collects the networks
-// compactly; then the plan is aggregated, diffed against the database and applied in one
-// transaction (lib/db/spamlist.ts). Everything that can refuse the run — HTML instead of a
+// compactly (a database server meanwhile reads the rules the source holds); then the list is
+// aggregated, diffed against those rules and only the changes are applied, in one transaction
+// (lib/db/spamlist.ts). Everything that can refuse the run — HTML instead of a
 // list, an empty input, too many invalid lines, --replace dropping more than half the source,
 // nothing valid to replace with — refuses before anything is written (exit 100).
 
