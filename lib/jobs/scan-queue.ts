@@ -132,9 +132,14 @@ const PRUNE_MARGIN_SECONDS = 86400;
 export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<void> {
   const started = performance.now();
   const dryRun = Boolean(opts.dryRun);
+  // A database server: load the driver and connect while the lock is taken (the embedded
+  // database is single-process: it is opened only under the lock). Its failure, if any, is
+  // thrown below, after a busy lock has ended the run quietly.
+  const early = ctx.config.databaseUrl !== null ? ctx.db() : null;
+  early?.catch(() => {});
   await ctx.jobLock('scan-queue', { record: !dryRun });
   const layout = openQueue(path.resolve(ctx.config.queueDir));
-  const db = await ctx.db();
+  const db = await (early ?? ctx.db());
   let summary: ScanSummary;
   try {
     summary = await db.transaction(async (tx) => {

@@ -255,6 +255,9 @@ describe('running it', () => {
       expect(r).toMatchObject({ code: 0, stdout: '', stderr: '' });
       const ls = await runCli('qguard', ['queue', 'ls', '--json'], { env: { ...db.env, QGUARD_HOST: 'locked' } });
       expect(JSON.parse(ls.stdout)).toEqual([]);
+      // It connects to a database server while it takes the lock: a busy lock still wins.
+      const down = await scan(q, 'locked', [], { QGUARD_DATABASE_URL: 'postgresql://postgres@127.0.0.1:1/nothing' });
+      expect(down).toMatchObject({ code: 0, stdout: '', stderr: '' });
     } finally {
       process.kill(-holder.pid!, 'SIGTERM');
     }
