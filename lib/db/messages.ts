@@ -1,7 +1,7 @@
 // Queries on qguard.messages and qguard.queue_scans (sql/002): what scan-queue recorded
 // about each queued message on each mail server, the per-IP counts behind the auto-deny, and
 // the review queries of `qguard queue`. Writes are batched, never one INSERT per message:
-// new messages stream in through COPY on a server database (encoded here, see copyLine), and
+// new messages stream in through COPY on a server database (encoded here, see CopyRows), and
 // go as unnest() arrays (one statement per few thousand messages) on the embedded one, as do
 // the updates.
 
@@ -331,12 +331,10 @@ function clock(msOfDay: number): string {
   return `${pad2(Math.floor(s / 3600))}:${pad2(Math.floor(s / 60) % 60)}:${pad2(s % 60)}.${pad3(msOfDay - s * 1000)}`;
 }
 
-/** One new row for `host` as a line of COPY text (host field already escaped: copyField). */
-export function copyLine(hostField: string, row: RecordRow): string {
-  return `${copyFields(hostField, row)}\n`;
-}
-
-/** copyLine without its newline. */
+/**
+ * One new row for `host` as a line of COPY's text format, without its newline (the host field
+ * already escaped: copyHostField).
+ */
 function copyFields(hostField: string, row: RecordRow): string {
   // Values seldom hold a backslash, tab or line end: write them as they are, then look once at
   // the whole line (one tab per field, no line end, no backslash but those of the \N nulls);
@@ -368,7 +366,7 @@ function count(s: string, c: string): number {
   return n;
 }
 
-/** The host as the first field of copyLine. */
+/** The host as the first field of a COPY line (see CopyRows). */
 export function copyHostField(host: string): string {
   return copyField(host);
 }
@@ -377,7 +375,7 @@ export function copyHostField(host: string): string {
 const COPY_BLOCK = 1 << 20;
 
 /**
- * New rows encoded as COPY text (copyLine) into a few large buffers: what a batch of new
+ * New rows encoded as COPY text (copyFields) into a few large buffers: what a batch of new
  * messages costs in memory is its bytes, nothing of the messages themselves.
  */
 export class CopyRows {
@@ -434,7 +432,7 @@ export class CopyRows {
 const STAGE = 'pg_temp.qguard_scan_stage';
 
 /**
- * Record new messages sent as COPY text (copyLine), on a server database. `fresh`: this host
+ * Record new messages sent as COPY text (CopyRows), on a server database. `fresh`: this host
  * has no rows at all, so none can share an identity with a new one and the rows go straight
  * into the table; otherwise through a staging table and INSERT ... ON CONFLICT, so that a
  * message recorded as gone that is found again comes back to life (as insertMessages does).

@@ -274,8 +274,9 @@ export function readerThreads(messages: number): number {
 
 /**
  * Read `groups` of a host that has no rows yet in `threads` reader threads. Each new message
- * is encoded as COPY text there; `take` gets the text (and may wait: the threads wait for it),
- * `done` each group's result, with its notes already given to `note`.
+ * is encoded as COPY text there; `take` gets the text and may wait (for the database), `done`
+ * gets each group's result, its notes given to `note` before. A thread is given its next group
+ * only when its last one is taken: at most a group's COPY text per thread waits in memory.
  */
 export async function readGroupsInThreads(
   layout: QueueLayout,
@@ -294,12 +295,7 @@ export async function readGroupsInThreads(
   try {
     await Promise.all(
       Array.from({ length: Math.min(threads, queue.length) }, async () => {
-        const w = new Worker(new URL(import.meta.url), {
-          workerData: { qguardScanReader: true, layout, flat: [...flat], host },
-          // Everything it needs is in workerData; its output goes through messages.
-          stdout: false,
-          stderr: false,
-        });
+        const w = new Worker(new URL(import.meta.url), { workerData: { qguardScanReader: true, layout, flat: [...flat], host } });
         workers.push(w);
         const inbox = channel<ReaderReply>(w);
         for (let s = queue.shift(); s !== undefined; s = queue.shift()) {

@@ -288,10 +288,6 @@ function estimateMessages(layout: QueueLayout, groups: readonly number[]): numbe
   return first ? listIds(first.path).ids.length * groups.length : 0;
 }
 
-function errCode(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException | undefined)?.code;
-}
-
 async function scanInto(
   ctx: RunContext,
   tx: Queryable,
