@@ -14,7 +14,7 @@ import type { Db, Queryable } from './connect.js';
 import { dbError } from './connect.js';
 import { TemporaryError } from '../errors.js';
 import { type Net, formatNet, formatNetShort, mustParseNet } from '../net/address.js';
-import { type DiffOptions, type ListDiff, SAME, type StoredRules, UNSCOPED, diffList } from '../spamlist/list-diff.js';
+import { type DiffOptions, type ListDiff, type NetSet, SAME, type StoredRules, UNSCOPED, diffList } from '../spamlist/list-diff.js';
 
 /** The list to store, made once the relay/trust networks are known (lib/spamlist/entry-set.ts). */
 export interface StagedList {
@@ -101,20 +101,22 @@ const EXPIRY_SQL = `timestamptz_send(coalesce(r.expires_at, 'infinity'))`;
 
 /**
  * The source's rules in ONE statement (so in one snapshot, with the change counter it saw), as
- * binary values of fixed-size records instead of a row per rule: IPv4 as three arrays of 8-byte
- * numbers — (address * 64 + prefix) * 4 + flags, id, expiry — and IPv6 as records of the cidr,
- * id * 4 + flags and expiry. A million rules: three 7 MB values. Nothing depends on the time,
- * so a read taken before the transaction stays good while the counter has not moved.
+ * binary values of fixed-size records instead of a row per rule: IPv4 as 8-byte numbers,
+ * (address * 64 + prefix) * 4 + flags, followed by the 8-byte expiry for the rules that have
+ * one; IPv6 as records of the cidr, the flags and the expiry. A million rules without expiry
+ * are one 7 MB value, and the server computes one aggregate a rule. Nothing depends on the
+ * time, so a read taken before the transaction stays good while the counter has not moved.
  */
-const readSql = (source: string, reason: string) =>
-  `SELECT string_agg(int8send(((r.network - '0.0.0.0'::inet) * 64 + masklen(r.network)) * 4 + ${SAME_SQL(reason)}), ''::bytea)
-            FILTER (WHERE family(r.network) = 4) AS k,
-          string_agg(int8send(r.id), ''::bytea) FILTER (WHERE family(r.network) = 4) AS i,
-          string_agg(${EXPIRY_SQL}, ''::bytea) FILTER (WHERE family(r.network) = 4) AS e,
-          string_agg(cidr_send(r.network) || int8send(r.id * 4 + ${SAME_SQL(reason)}) || ${EXPIRY_SQL}, ''::bytea)
+const readSql = (source: string, reason: string) => {
+  const key4 = `int8send(((r.network - '0.0.0.0'::inet) * 64 + masklen(r.network)) * 4 + ${SAME_SQL(reason)})`;
+  return `SELECT string_agg(${key4}, ''::bytea) FILTER (WHERE r.expires_at IS NULL AND family(r.network) = 4) AS k,
+          string_agg(${key4} || timestamptz_send(r.expires_at), ''::bytea)
+            FILTER (WHERE r.expires_at IS NOT NULL AND family(r.network) = 4) AS ke,
+          string_agg(cidr_send(r.network) || int8send(${SAME_SQL(reason)}) || ${EXPIRY_SQL}, ''::bytea)
             FILTER (WHERE family(r.network) = 6) AS v6,
           (SELECT change_seq FROM qguard.state) AS seq
      FROM qguard.rules r WHERE r.source = ${source}`;
+};
 
 /** A read of the source's rules, and the change counter of its snapshot. */
 export interface SourceRead {
@@ -130,31 +132,35 @@ function int8At(v: DataView, o: number): number {
 
 const view = (b: Buffer) => new DataView(b.buffer, b.byteOffset, b.byteLength);
 
-function decodeRead(kb: Buffer, idb: Buffer, eb: Buffer, v6: Buffer, seq: number): SourceRead {
-  const n4 = kb.length / 8;
-  const [k, id, e] = [view(kb), view(idb), view(eb)];
+function decodeRead(kb: Buffer, keb: Buffer, v6b: Buffer, seq: number): SourceRead {
+  const n0 = kb.length / 8;
+  const n4 = n0 + keb.length / 16;
   const v4Keys = new Float64Array(n4);
   const v4Flags = new Uint8Array(n4);
-  const v4Expires = new Float64Array(n4);
-  for (let j = 0, o = 0; j < n4; j++, o += 8) {
+  const v4Expires = new Float64Array(n4).fill(Infinity);
+  const k = view(kb);
+  for (let j = 0, o = 0; j < n0; j++, o += 8) {
     const kf = k.getUint32(o) * 4294967296 + k.getUint32(o + 4);
     const key = Math.floor(kf / 4);
     v4Keys[j] = key;
     v4Flags[j] = kf - key * 4;
-    const hi = e.getInt32(o); // expiry: see int8At
-    v4Expires[j] = hi === 0x7fffffff ? Infinity : hi * 4294967296 + e.getUint32(o + 4);
   }
-  // Ids are needed only for the rules that change: read on demand.
-  const v4Id = (j: number) => id.getUint32(j * 8) * 4294967296 + id.getUint32(j * 8 + 4);
-  const rows6: StoredRules['v6'] = [];
-  for (let o = 0; o + 36 <= v6.length; o += 36) {
+  const ke = view(keb);
+  for (let j = n0, o = 0; j < n4; j++, o += 16) {
+    const kf = ke.getUint32(o) * 4294967296 + ke.getUint32(o + 4);
+    const key = Math.floor(kf / 4);
+    v4Keys[j] = key;
+    v4Flags[j] = kf - key * 4;
+    v4Expires[j] = int8At(ke, o + 8);
+  }
+  const v6: StoredRules['v6'] = [];
+  const v = view(v6b);
+  for (let o = 0; o + 36 <= v6b.length; o += 36) {
     // cidr_send: family, bits, is_cidr, 16 (the address length), the address.
-    const addr = (v6.readBigUInt64BE(o + 4) << 64n) | v6.readBigUInt64BE(o + 12);
-    const idf = v6.readUInt32BE(o + 20) * 4294967296 + v6.readUInt32BE(o + 24);
-    const flags = idf % 4;
-    rows6.push({ net: { family: 6, addr, prefix: v6[o + 1] }, id: (idf - flags) / 4, flags, expires: int8At(view(v6), o + 28) });
+    const addr = (v6b.readBigUInt64BE(o + 4) << 64n) | v6b.readBigUInt64BE(o + 12);
+    v6.push({ net: { family: 6, addr, prefix: v6b[o + 1] }, flags: v.getUint32(o + 24), expires: int8At(v, o + 28) });
   }
-  return { stored: { v4Keys, v4Flags, v4Expires, v4Id, n4, v6: rows6 }, seq };
+  return { stored: { v4Keys, v4Flags, v4Expires, n4, v6 }, seq };
 }
 
 const asBuffer = (u: Uint8Array | null | undefined) => (u ? Buffer.from(u.buffer, u.byteOffset, u.byteLength) : Buffer.alloc(0));
@@ -167,12 +173,12 @@ const asBuffer = (u: Uint8Array | null | undefined) => (u ? Buffer.from(u.buffer
 async function readSource(db: Db, tx: Queryable, opts: Pick<SpamlistMerge, 'source' | 'reason'>): Promise<SourceRead> {
   const client = db.pgClient;
   if (!client) {
-    const r = await tx.query<{ k: Uint8Array | null; i: Uint8Array | null; e: Uint8Array | null; v6: Uint8Array | null; seq: number }>(
+    const r = await tx.query<{ k: Uint8Array | null; ke: Uint8Array | null; v6: Uint8Array | null; seq: number }>(
       readSql('$1', '$2'),
       [opts.source, opts.reason],
     );
     const row = r.rows[0];
-    return decodeRead(asBuffer(row.k), asBuffer(row.i), asBuffer(row.e), asBuffer(row.v6), Number(row.seq));
+    return decodeRead(asBuffer(row.k), asBuffer(row.ke), asBuffer(row.v6), Number(row.seq));
   }
   const { to: copyTo } = await import('pg-copy-streams');
   // One process scans, in table order — after our own sorted writes, network order, so the
@@ -185,10 +191,10 @@ async function readSource(db: Db, tx: Queryable, opts: Pick<SpamlistMerge, 'sour
   } catch (err) {
     throw dbError(err, 'reading the rules of the source failed');
   }
-  // Signature (11 bytes), flags, header extension; one row of five fields; the trailer.
+  // Signature (11 bytes), flags, header extension; one row of four fields; the trailer.
   const b = Buffer.concat(parts);
   let pos = 19 + b.readInt32BE(15);
-  if (b.readInt16BE(pos) !== 5) throw new TemporaryError('reading the rules of the source: unexpected COPY data');
+  if (b.readInt16BE(pos) !== 4) throw new TemporaryError('reading the rules of the source: unexpected COPY data');
   pos += 2;
   const field = () => {
     const len = b.readInt32BE(pos);
@@ -197,9 +203,8 @@ async function readSource(db: Db, tx: Queryable, opts: Pick<SpamlistMerge, 'sour
     pos += len;
     return b.subarray(pos - len, pos);
   };
-  const [k, id, e, v6, seq] = [field(), field(), field(), field(), field()];
-  // The ids stay (read on demand): a copy of their own, so the rest of the data can go.
-  return decodeRead(k, Buffer.from(id), e, v6, int8At(view(seq), 0));
+  const [k, ke, v6, seq] = [field(), field(), field(), field()];
+  return decodeRead(k, ke, v6, int8At(view(seq), 0));
 }
 
 /**
@@ -212,33 +217,46 @@ export function readSourceEarly(db: Db, opts: Pick<SpamlistMerge, 'source' | 're
   return db.transaction((tx) => readSource(db, tx, opts)).catch(() => null);
 }
 
-/** `{1,2,3}`: an id array as one parameter (a million ids: one string, not a million values). */
-function idArray(ids: number[], from: number, to: number): string {
-  return `{${ids.slice(from, to).join(',')}}`;
+/** `{1.2.3.0/24,...}`: networks as one array parameter (a million: one string, not a million values). */
+function netArray(set: NetSet): string {
+  return `{${[...set.v4.map(v4Text), ...set.v6.map(formatNet)].join(',')}}`;
 }
 
-/** Delete rules by id. */
-async function removeRules(tx: Queryable, ids: number[]): Promise<void> {
-  for (let i = 0; i < ids.length; i += WRITE_BATCH) {
-    // `= ANY(array)`: probes of the primary key for a few, a hashed filter for many; a join
-    // with unnest would read the whole index in order (3x slower for 10,000 of a million).
-    await tx.query('DELETE FROM qguard.rules WHERE id = ANY($1::bigint[])', [idArray(ids, i, i + WRITE_BATCH)]);
+/** The networks of `set` in slices of at most WRITE_BATCH. */
+function* slices(set: NetSet): Generator<NetSet> {
+  for (let i = 0; i < set.v4.length; i += WRITE_BATCH) {
+    yield { v4: set.v4.slice(i, i + WRITE_BATCH), v6: i + WRITE_BATCH >= set.v4.length ? set.v6 : [] };
+  }
+  if (set.v4.length === 0 && set.v6.length > 0) yield { v4: [], v6: set.v6 };
+}
+
+/**
+ * Delete the source's rules of these networks: all of them, or only those scoped to a host.
+ * By network, through the unique index on (network, source, host): a network the list no
+ * longer names goes, whoever wrote its rule meanwhile.
+ */
+async function removeRules(tx: Queryable, set: NetSet, opts: SpamlistMerge, scopedOnly: boolean): Promise<void> {
+  for (const part of slices(set)) {
+    await tx.query(
+      `DELETE FROM qguard.rules WHERE network = ANY($1::cidr[]) AND source = $2${scopedOnly ? ' AND host IS NOT NULL' : ''}`,
+      [netArray(part), opts.source],
+    );
   }
 }
 
-/** Rewrite rules by id as this run's entries; false when some had gone meanwhile. */
-async function rewriteRules(tx: Queryable, ids: number[], opts: SpamlistMerge): Promise<boolean> {
+/** Rewrite the source's unscoped rules of these networks as this run's entries; false when some had gone meanwhile. */
+async function rewriteRules(tx: Queryable, set: NetSet, opts: SpamlistMerge): Promise<boolean> {
   let done = 0;
-  for (let i = 0; i < ids.length; i += WRITE_BATCH) {
+  for (const part of slices(set)) {
     const r = await tx.query(
       `UPDATE qguard.rules
-          SET action = 'deny', reason = $2, who = NULL, expires_at = ${expirySql(3)}, updated_at = now()
-        WHERE id = ANY($1::bigint[]) AND source = $4`,
-      [idArray(ids, i, i + WRITE_BATCH), opts.reason, opts.ttlSeconds, opts.source],
+          SET action = 'deny', reason = $3, who = NULL, expires_at = ${expirySql(4)}, updated_at = now()
+        WHERE network = ANY($1::cidr[]) AND source = $2 AND host IS NULL`,
+      [netArray(part), opts.source, opts.reason, opts.ttlSeconds],
     );
     done += r.rowCount;
   }
-  return done === ids.length;
+  return done === set.v4.length + set.v6.length;
 }
 
 const v4Text = (key: number) => {
@@ -362,15 +380,17 @@ function isUniqueViolation(err: unknown): boolean {
  */
 async function apply(db: Db, tx: Queryable, plan: ListDiff, opts: SpamlistMerge, run: DiffOptions): Promise<boolean> {
   let ok = true;
-  if (plan.remove.length > 0) await removeRules(tx, plan.remove);
-  if (plan.rewrite.length > 0) ok = await rewriteRules(tx, plan.rewrite, opts);
-  if (plan.insert4.length + plan.insert6.length > 0) {
+  const size = (set: NetSet) => set.v4.length + set.v6.length;
+  if (size(plan.removeAll) > 0) await removeRules(tx, plan.removeAll, opts, false);
+  if (size(plan.removeScoped) > 0) await removeRules(tx, plan.removeScoped, opts, true);
+  if (size(plan.rewrite) > 0) ok = await rewriteRules(tx, plan.rewrite, opts);
+  if (size(plan.insert) > 0) {
     // Plain inserts, not INSERT ... ON CONFLICT (10% dearer a row): the diff was read under the
     // source's advisory lock, so only a writer outside import-spamlist (`qguard ip deny
     // --source list:NAME`) can have added one of these networks since.
     await tx.exec('SAVEPOINT qguard_spamlist_insert');
     try {
-      await insertRules(db, tx, plan.insert4, plan.insert6, opts, run);
+      await insertRules(db, tx, plan.insert.v4, plan.insert.v6, opts, run);
       await tx.exec('RELEASE SAVEPOINT qguard_spamlist_insert');
     } catch (err) {
       if (!isUniqueViolation(err)) throw dbError(err, 'storing the new entries failed');
@@ -446,7 +466,10 @@ export async function mergeSpamlist(
     if (opts.dryRun) return diff;
 
     opts.onPhase?.('writing');
-    const planned = changes.insert4.length + changes.insert6.length + changes.rewrite.length + changes.remove.length;
+    const planned = [changes.insert, changes.rewrite, changes.removeAll, changes.removeScoped].reduce(
+      (n, set) => n + set.v4.length + set.v6.length,
+      0,
+    );
     for (let attempt = 1; !(await apply(db, tx, changes, opts, run)); attempt++) {
       if (attempt === ATTEMPTS) {
         throw new TemporaryError(`the rules of ${opts.source} kept changing during the import: nothing changed, run it again`);

@@ -336,7 +336,9 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
   }
 
   // --- Plan (once the relay/trust networks are known): drop what lies inside them,
-  // deduplicate and aggregate. Then diff and apply, in one transaction.
+  // deduplicate and aggregate. Then diff and apply, in one transaction. The sort needs no
+  // database: done first, while a server may still be reading the source.
+  set.sort();
   const db = await (dbEarly ?? ctx.db());
   let counts = { duplicate: 0, aggregated: 0 };
   const plan = (relayTrust: readonly Net[]) => {

@@ -157,7 +157,14 @@ export class EntrySet {
     this.v4[this.n4++] = key;
   }
 
-  /** Sort the IPv4 entries (once): by address, then broadest first; repeats adjacent. */
+  /**
+   * Sort now what dropInside and aggregate would sort (once): by address, then broadest first,
+   * repeats adjacent. The import does it while the database is still reading.
+   */
+  sort(): void {
+    this.sortV4();
+  }
+
   private sortV4(): Float64Array {
     const keys = this.v4.subarray(0, this.n4);
     if (!this.sorted) {
