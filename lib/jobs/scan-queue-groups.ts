@@ -71,14 +71,15 @@ function errCode(err: unknown): string | undefined {
 
 /**
  * Read group `s`: list its directories (plus its share of the unsplit ones, `flat`), compare
- * each message with its `stored` rows, and read what is new or changed. `keepStrings` false
+ * each message with its stored rows, and read what is new or changed. `keepStrings` false
  * when the sink encodes each message at once (see ReadOptions.keep).
  */
 export async function readGroup(
   layout: QueueLayout,
   s: number,
   flat: ReadonlyMap<string, readonly QueueDirName[]>,
-  stored: ReadonlyMap<string, readonly StoredSignature[]>,
+  /** The group's stored rows by id; awaited once the directories are listed (the query runs meanwhile). */
+  storedRows: ReadonlyMap<string, readonly StoredSignature[]> | Promise<ReadonlyMap<string, readonly StoredSignature[]>>,
   sink: GroupSink,
   opts: {
     /** See ReadOptions.keep. */
@@ -114,6 +115,9 @@ export async function readGroup(
     if (misplaced !== null) sink.info(`${d.dir}/${s}: ${nMisplaced} file(s) in the wrong subdirectory (e.g. ${misplaced})`);
   }
   for (const [id, dirs] of flat) if (splitOf(id, layout.split) === s) present.set(id, [...(present.get(id) ?? []), ...dirs]);
+  let t0 = performance.now();
+  const stored = await storedRows;
+  ms.db += performance.now() - t0;
 
   /** Record what a full read found (rows: the stored rows of this id). */
   const record = (outcome: ReadOutcome, rows: readonly StoredSignature[]): void => {
@@ -158,7 +162,6 @@ export async function readGroup(
   };
 
   let sinceYield = 0;
-  let t0: number;
   for (const [id, dirs] of present) {
     if (dirs[0] !== 'mess') {
       // Files of a message without mess/: qmail-send is finishing it, or they are leftovers.

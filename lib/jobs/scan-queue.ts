@@ -426,21 +426,20 @@ async function scanInto(
   } else {
     const noRows = new Map<string, StoredSignature[]>();
     const storedOf = (g: number) => (fresh ? Promise.resolve(noRows) : liveGroup(tx, host, g));
-    // The stored rows of the next group are asked for before this group's writes are sent, so
-    // they come back at once and the writes run in the database while we read the next group.
+    // A group's stored rows are asked for before its directories are listed, and the next
+    // group's before this group's writes are sent: the answers come while we list and read.
     let nextStored: Promise<Map<string, StoredSignature[]>> | null = order.length ? storedOf(order[0]) : null;
+    nextStored?.catch(() => {}); // awaited (and thrown) by readGroup, once the group is listed
     for (let gi = 0; gi < order.length; gi++) {
       const s = order[gi];
-      let t0 = performance.now();
-      const stored = await nextStored!;
-      ms.db += performance.now() - t0;
-      const r = await readGroup(layout, s, flat, stored, sink, { keepStrings: !buf.encodesAtOnce, dirsUnchanged: !changedDirs.has(s) });
-      finish(s, r, stored);
+      const storedRows = nextStored!;
+      const r = await readGroup(layout, s, flat, storedRows, sink, { keepStrings: !buf.encodesAtOnce, dirsUnchanged: !changedDirs.has(s) });
+      finish(s, r, await storedRows);
       if (gi + 1 < order.length) {
         nextStored = storedOf(order[gi + 1]);
-        nextStored.catch(() => {}); // awaited (and thrown) at the next group
+        nextStored.catch(() => {}); // awaited (and thrown) at the next group, as above
       }
-      t0 = performance.now();
+      const t0 = performance.now();
       await buf.flush();
       ms.db += performance.now() - t0;
     }
