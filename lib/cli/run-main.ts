@@ -99,6 +99,22 @@ export function newProgram(name: string, description: string): Command {
 
 const openContexts: OpenContext[] = [];
 
+/**
+ * A job's summary as kept in its record: long lists cut to their first 20 entries (the
+ * every-minute runs must not store a thousand-entry list each time); the --json output is
+ * not affected.
+ */
+export function summaryForRecord(value: unknown): unknown {
+  if (Array.isArray(value)) {
+    const head = value.slice(0, 20).map(summaryForRecord);
+    return value.length > 20 ? [...head, `... ${value.length - 20} more`] : head;
+  }
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, summaryForRecord(v)]));
+  }
+  return value;
+}
+
 /** What runMain needs beyond the RunContext. */
 interface OpenContext extends RunContext {
   /** Record a job run (when jobLock was taken) with its outcome. */
@@ -173,7 +189,7 @@ function makeContext(command: string, cmd: Command): OpenContext {
         await (db as Db).query(
           `INSERT INTO qguard.job_runs (host, job, started_at, ok, exit_code, summary, error)
            VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-          [config.host, job.name, job.startedAt, exitCode === 0, exitCode, job.summary === null ? null : JSON.stringify(job.summary), error],
+          [config.host, job.name, job.startedAt, exitCode === 0, exitCode, job.summary === null ? null : JSON.stringify(summaryForRecord(job.summary)), error],
         );
         await (db as Db).query("DELETE FROM qguard.job_runs WHERE finished_at < now() - interval '14 days'");
       } catch (err) {
