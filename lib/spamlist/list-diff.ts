@@ -22,13 +22,15 @@ export interface StoredRules {
   v4Flags: Uint8Array;
   /** Microseconds since 2000-01-01 (PostgreSQL's epoch); Infinity: never expires. */
   v4Expires: Float64Array;
+  /** The id of IPv4 rule `i` (asked only for the few rules that change). */
+  v4Id(i: number): number;
   /** How many IPv4 rules. */
   n4: number;
   /** IPv6 rules. */
-  v6: { net: Net; flags: number; expires: number }[];
+  v6: { net: Net; id: number; flags: number; expires: number }[];
 }
 
-/** Networks for one kind of write (repeats possible and harmless): IPv4 as keys, IPv6 as networks. */
+/** Networks to insert: IPv4 as keys, IPv6 as networks. */
 export interface NetSet {
   v4: number[];
   v6: Net[];
@@ -54,12 +56,10 @@ export interface ListDiff {
   unchanged: number;
   /** Networks to insert (IPv4 ascending). */
   insert: NetSet;
-  /** Networks whose unscoped rule to rewrite: the list names them, the rule differs or has expired. */
-  rewrite: NetSet;
-  /** With `replace`: networks the list does not name, every rule of the source for them goes. */
-  removeAll: NetSet;
-  /** With `replace`: listed networks whose rules scoped to one host go (the unscoped one stays). */
-  removeScoped: NetSet;
+  /** Ids of rules to rewrite: the list names them, but they differ or have expired. */
+  rewrite: number[];
+  /** Ids of rules to delete (only with `replace`): everything else of the source. */
+  remove: number[];
 }
 
 /** The first index in want[from, to) whose key is >= k (to when none). */
@@ -85,35 +85,34 @@ function lowerBound(want: Float64Array, from: number, to: number, k: number): nu
  * it every run would rewrite every entry every run).
  */
 export function diffList(want4: Float64Array, want6: readonly Net[], stored: StoredRules, opts: DiffOptions): ListDiff {
-  const none = (): NetSet => ({ v4: [], v6: [] });
-  const d: ListDiff = { existing: 0, matched: 0, unchanged: 0, insert: none(), rewrite: none(), removeAll: none(), removeScoped: none() };
+  const d: ListDiff = { existing: 0, matched: 0, unchanged: 0, insert: { v4: [], v6: [] }, rewrite: [], remove: [] };
   const { replace, now, ttl } = opts;
   const lo = ttl === null ? Infinity : now + Math.floor(ttl / 2);
   const hi = ttl === null ? Infinity : now + ttl;
   const v6 = stored.v6;
-  /** Add network `ref` (an IPv4 key, or IPv6 rule `-1 - ref`) to a set. */
-  const add = (set: NetSet, ref: number) => (ref >= 0 ? set.v4.push(ref) : set.v6.push(v6[-1 - ref].net));
+  /** The id of stored rule `ref`: IPv4 rule `ref`, or IPv6 rule `-1 - ref`. */
+  const idOf = (ref: number) => (ref >= 0 ? stored.v4Id(ref) : v6[-1 - ref].id);
   /** A stored rule of a listed network; returns true when it is the unscoped one, holding it. */
   const listed = (ref: number, flags: number, expires: number): boolean => {
     const live = expires > now;
     if (live) d.existing++;
     if (!(flags & UNSCOPED)) {
-      if (replace) add(d.removeScoped, ref);
+      if (replace) d.remove.push(idOf(ref));
       return false;
     }
     if (live) {
       d.matched++;
       if (flags & SAME && expires >= lo && expires <= hi) d.unchanged++;
-      else add(d.rewrite, ref);
+      else d.rewrite.push(idOf(ref));
     } else {
-      add(d.rewrite, ref);
+      d.rewrite.push(idOf(ref));
     }
     return true;
   };
   /** A stored rule the list does not name. */
   const unlisted = (ref: number, expires: number): void => {
     if (expires > now) d.existing++;
-    if (replace) add(d.removeAll, ref);
+    if (replace) d.remove.push(idOf(ref));
   };
 
   // IPv4: find each stored rule's network in the list; `held` marks the listed networks an
@@ -146,11 +145,11 @@ export function diffList(want4: Float64Array, want6: readonly Net[], stored: Sto
         d.matched++;
         d.unchanged++;
         held[cur] = 1;
-      } else if (listed(k, f, e)) {
+      } else if (listed(j, f, e)) {
         held[cur] = 1;
       }
     } else {
-      unlisted(k, e);
+      unlisted(j, e);
     }
   }
   for (let i = 0; i < nw; i++) if (held[i] === 0) d.insert.v4.push(want4[i]);

@@ -364,6 +364,22 @@ describe('import-spamlist (PostgreSQL server or the fallback)', () => {
     expect((await rules('list:ttl'))[0].expiresAt).toBeNull();
   });
 
+  it('rules with and without expiry, IPv4 and IPv6, are each found again, rewritten and removed', async () => {
+    const both = '100.94.0.1\n2001:db8:94::/48\n';
+    expect(json((await imp(['--source', 'mixed', '--for', '2h', '--json'], both)).stdout)).toMatchObject({ added: 2 });
+    // Read back with their expiry: nothing to do.
+    expect(json((await imp(['--source', 'mixed', '--for', '2h', '--json'], both)).stdout)).toMatchObject({ unchanged: 2 });
+    // Without --for both are rewritten (by id) to never expire; then read back without expiry.
+    expect(json((await imp(['--source', 'mixed', '--json'], both)).stdout)).toMatchObject({ refreshed: 2 });
+    expect((await rules('list:mixed')).map((r) => r.expiresAt)).toEqual([null, null]);
+    expect(json((await imp(['--source', 'mixed', '--json'], both)).stdout)).toMatchObject({ unchanged: 2 });
+    // One of each family with an expiry again, then both removed by --replace (by id).
+    await imp(['--source', 'mixed', '--for', '2h', '--json'], '100.94.0.2\n2001:db8:95::/48\n');
+    const r = await imp(['--source', 'mixed', '--replace', '--force', '--json'], '100.94.0.9\n');
+    expect(json(r.stdout)).toMatchObject({ added: 1, removed: 4 });
+    expect(await cidrs('list:mixed')).toEqual(['100.94.0.9/32']);
+  });
+
   it('files as arguments, - for stdin, line numbers per file', async () => {
     const fs = await import('node:fs');
     const path = await import('node:path');

@@ -32,18 +32,19 @@ function stored(rows: Row[], shuffle: number): StoredRules {
     v4Keys: Float64Array.from(order, key),
     v4Flags: Uint8Array.from(order, (i) => v4[i].flags),
     v4Expires: Float64Array.from(order, (i) => v4[i].expires),
+    v4Id: (j) => v4[order[j]].id,
     n4: v4.length,
     v6: rows
       .filter((r) => r.key.startsWith('v6:'))
       .map((r) => {
         const [addr, prefix] = r.key.slice(3).split('/');
         const net: Net = { family: 6, addr: BigInt(addr), prefix: Number(prefix) };
-        return { net, flags: r.flags, expires: r.expires };
+        return { net, id: r.id, flags: r.flags, expires: r.expires };
       }),
   };
 }
 
-/** The networks of a write set as row keys. */
+/** The networks of an insert set as row keys. */
 const keysOf = (set: NetSet) => [...set.v4.map(v4Key), ...set.v6.map(v6Key)];
 
 /** Expiries around the window of a 10-hour --for: none, past, less than half left, in the window, beyond it. */
@@ -86,22 +87,18 @@ describe('diffList', () => {
         expect(d.existing).toBe(rows.filter(live).length);
         expect(d.matched).toBe(held.filter(live).length);
         expect(d.unchanged).toBe(held.filter((r) => live(r) && asWritten(r)).length);
-        // Rewritten: exactly the networks of held rules not as this run writes them (expired ones included).
-        expect(keysOf(d.rewrite).sort()).toEqual(held.filter((r) => !(live(r) && asWritten(r))).map((r) => r.key).sort());
+        // Rewritten: exactly the held rules not as this run writes them (expired ones included).
+        expect([...d.rewrite].sort()).toEqual(held.filter((r) => !(live(r) && asWritten(r))).map((r) => r.id).sort());
 
-        // Apply the writes to the model, by network as the database does.
-        const removeAll = new Set(keysOf(d.removeAll));
-        const removeScoped = new Set(keysOf(d.removeScoped));
-        const rewrite = new Set(keysOf(d.rewrite));
+        // Apply the writes to the model.
+        const removed = new Set(d.remove);
+        expect(removed.size).toBe(d.remove.length);
+        const rewritten = new Set(d.rewrite);
         const fresh = { flags: UNSCOPED | SAME, expires: ttl === null ? Infinity : NOW + ttl };
-        const after = rows
-          .filter((r) => !removeAll.has(r.key) && !(removeScoped.has(r.key) && !(r.flags & UNSCOPED)))
-          .map((r) => (rewrite.has(r.key) && r.flags & UNSCOPED ? { ...r, ...fresh } : r));
+        for (const id of [...removed, ...rewritten]) expect(rows.some((r) => r.id === id)).toBe(true);
+        const after = rows.filter((r) => !removed.has(r.id)).map((r) => (rewritten.has(r.id) ? { ...r, ...fresh } : r));
         let next = 1;
         for (const k of keysOf(d.insert)) after.push({ id: next++, key: k, ...fresh });
-        // Nothing the list names loses its unscoped rule; every rewrite finds one.
-        for (const k of removeAll) expect(wanted.has(k)).toBe(false);
-        for (const k of rewrite) expect(rows.some((r) => r.key === k && r.flags & UNSCOPED)).toBe(true);
 
         // Exactly one unscoped rule per listed network, live and as this run writes it.
         const unscopedAfter = after.filter((r) => r.flags & UNSCOPED && wanted.has(r.key));
@@ -112,7 +109,7 @@ describe('diffList', () => {
           expect(after.length).toBe(wanted.size);
         } else {
           // Nothing else was touched.
-          expect(removeAll.size + removeScoped.size).toBe(0);
+          expect(removed.size).toBe(0);
           const untouched = rows.filter((r) => !(r.flags & UNSCOPED && wanted.has(r.key)));
           for (const r of untouched) expect(after).toContainEqual(r);
         }
@@ -125,8 +122,7 @@ describe('diffList', () => {
   it('an unchanged list writes nothing', () => {
     const rows: Row[] = [5, 9, 12].map((n, i) => ({ id: i + 1, key: v4Key(n * 64 + 32), flags: UNSCOPED | SAME, expires: Infinity }));
     const d = diffList(Float64Array.from([5, 9, 12], (n) => n * 64 + 32), [], stored(rows, 3), { replace: true, now: NOW, ttl: null });
-    const none = { v4: [], v6: [] };
-    expect(d).toEqual({ existing: 3, matched: 3, unchanged: 3, insert: none, rewrite: none, removeAll: none, removeScoped: none });
+    expect(d).toEqual({ existing: 3, matched: 3, unchanged: 3, insert: { v4: [], v6: [] }, rewrite: [], remove: [] });
   });
 
   it('--for: an expiry at least half of it away is kept; less than half, none, or beyond it is rewritten', () => {
@@ -136,8 +132,8 @@ describe('diffList', () => {
         now: NOW,
         ttl: 10 * HOUR,
       });
-    const kept = { unchanged: 1, rewrite: { v4: [], v6: [] } };
-    const renewed = { unchanged: 0, rewrite: { v4: [5 * 64 + 32], v6: [] } };
+    const kept = { unchanged: 1, rewrite: [] };
+    const renewed = { unchanged: 0, rewrite: [7] };
     expect(at(NOW + 10 * HOUR)).toMatchObject(kept);
     expect(at(NOW + 5 * HOUR)).toMatchObject(kept);
     expect(at(NOW + 5 * HOUR - 1)).toMatchObject(renewed);
@@ -148,6 +144,6 @@ describe('diffList', () => {
   it('an expired rule the list names again is rewritten (and is not counted as existing)', () => {
     const rows: Row[] = [{ id: 7, key: v4Key(5 * 64 + 32), flags: UNSCOPED | SAME, expires: NOW - 1 }];
     const d = diffList(Float64Array.from([5 * 64 + 32]), [], stored(rows, 0), { replace: true, now: NOW, ttl: null });
-    expect(d).toMatchObject({ existing: 0, matched: 0, unchanged: 0, rewrite: { v4: [5 * 64 + 32] }, insert: { v4: [] }, removeAll: { v4: [] } });
+    expect(d).toMatchObject({ existing: 0, matched: 0, unchanged: 0, rewrite: [7], insert: { v4: [] }, remove: [] });
   });
 });
