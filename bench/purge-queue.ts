@@ -20,30 +20,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { generateQueue } from './gen-queue.js';
+import { timed, type Timed } from './timed.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const ADMIN_URL = process.env.QGUARD_TEST_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1/postgres';
 const COUNT = Number(process.env.COUNT ?? 100_000);
 const PURGE = Number(process.env.PURGE ?? 10_000);
 const NAME = 'qguard_bench_purge';
-
-interface Timed {
-  ms: number;
-  cpuS: number;
-  rssMb: number;
-  stdout: string;
-}
-
-/** Wall milliseconds, CPU seconds (children included) and max RSS of a command. */
-function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv, cwd?: string): Timed {
-  const t0 = performance.now();
-  const r = spawnSync('/usr/bin/time', ['-f', '%U %S %M', cmd, ...args], { env, cwd, encoding: 'utf8', maxBuffer: 256 << 20 });
-  const ms = performance.now() - t0;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
-  const lines = r.stderr.trim().split('\n');
-  const [user, sys, rss] = lines[lines.length - 1].split(' ').map(Number);
-  return { ms, cpuS: user + sys, rssMb: rss / 1024, stdout: r.stdout };
-}
 
 function mutexHeld(queue: string): boolean {
   return spawnSync('flock', ['-n', '-E', '75', path.join(queue, 'lock', 'sendmutex'), 'true']).status === 75;

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { generateQueue } from './gen-queue.js';
+import { timed, type Timed } from './timed.js';
 import { QueueBuilder, fromTemplate, fixtureTemplates } from '../test/helpers/queue-builder.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -28,25 +29,6 @@ const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const NAME = 'qguard_bench_scan';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-interface Timed {
-  ms: number;
-  /** user + system CPU seconds: less disturbed than wall time by the other users of the CPUs. */
-  cpuS: number;
-  rssMb: number;
-  stdout: string;
-}
-
-/** Run a command under /usr/bin/time: wall milliseconds, CPU seconds (children included), max RSS in MB. */
-function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv, cwd?: string): Timed {
-  const t0 = performance.now();
-  const r = spawnSync('/usr/bin/time', ['-f', '%U %S %M', cmd, ...args], { env, cwd, encoding: 'utf8', maxBuffer: 64 << 20 });
-  const ms = performance.now() - t0;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
-  const lines = r.stderr.trim().split('\n');
-  const [user, sys, rss] = lines[lines.length - 1].split(' ').map(Number);
-  return { ms, cpuS: user + sys, rssMb: rss / 1024, stdout: r.stdout };
-}
 
 function floor(queue: string): Timed {
   return timed('sh', ['-c', 'find mess -type f -print0 | xargs -0 head -c 4096 >/dev/null'], process.env, queue);
