@@ -17,6 +17,10 @@ export interface Config {
   databaseUrl: string | null;
   /** No URL, but libpq PG* variables name a server: connect with them. */
   usePgEnv: boolean;
+  /** Where databaseUrl was given, for messages ("QGUARD_DATABASE_URL", "--database-url", "FILE: KEY"). */
+  databaseUrlFrom: string | null;
+  /** libpq's PG* variables as given to this run (read the libpq way by lib/db/conninfo.ts). */
+  pgEnv: Readonly<Record<string, string>>;
   stateDir: string;
   host: string;
   qmailHome: string;
@@ -260,6 +264,8 @@ export function resolveConfig(inputs: ConfigInputs): Config {
   const urlPick = pick('QGUARD_DATABASE_URL') ?? pick('DATABASE_URL');
   const databaseUrl = urlPick && urlPick.value.trim() !== '' ? urlPick.value.trim() : null;
   const usePgEnv = databaseUrl === null && ['PGHOST', 'PGDATABASE', 'PGSERVICE'].some((k) => (inputs.env[k] ?? '') !== '');
+  const pgEnv: Record<string, string> = {};
+  for (const [k, v] of Object.entries(inputs.env)) if (k.startsWith('PG') && v !== undefined) pgEnv[k] = v;
   const host = str('QGUARD_HOST', inputs.hostname).trim();
   if (host === '' || host.length > 255 || /[\s\0]/.test(host)) {
     const p = pick('QGUARD_HOST');
@@ -269,7 +275,9 @@ export function resolveConfig(inputs: ConfigInputs): Config {
   return {
     configFile: inputs.file?.name ?? null,
     databaseUrl,
+    databaseUrlFrom: databaseUrl === null || !urlPick ? null : urlPick.origin.name,
     usePgEnv,
+    pgEnv,
     stateDir,
     host,
     qmailHome,

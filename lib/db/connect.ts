@@ -11,6 +11,7 @@ import type pg from 'pg';
 import type { Config } from '../config.js';
 import { PermanentError, TemporaryError } from '../errors.js';
 import { type FileLock, lockFile } from '../io/lock.js';
+import { type ConnTarget, describeOrigins, describeTarget, pgpassLookup, resolveConnInfo } from './conninfo.js';
 
 export type Row = Record<string, unknown>;
 
@@ -55,15 +56,98 @@ export function dbError(err: unknown, what = 'database query failed'): Error {
   return isInputError(e.code) ? new PermanentError(msg, { cause: err }) : new TemporaryError(msg, { cause: err });
 }
 
-/** A URL with its password masked. */
-export function redactUrl(url: string): string {
-  return url.replace(/(\/\/[^:/@]*:)[^@]*@/, '$1***@');
-}
-
 // ---------------------------------------------------------------------------------------
 // Server
 
+/** Resolve the configured server the libpq way (lib/db/conninfo.ts), probing this machine. */
+export function connTarget(config: Config): ConnTarget {
+  let home = process.env.HOME ?? '';
+  let osUser = '';
+  try {
+    const u = os.userInfo();
+    osUser = u.username;
+    home ||= u.homedir;
+  } catch {
+    osUser = String(process.getuid?.() ?? '');
+  }
+  return resolveConnInfo(
+    config.databaseUrl,
+    config.pgEnv,
+    {
+      osUser,
+      home,
+      socketExists: (dir, port) => {
+        try {
+          return fs.statSync(path.join(dir, `.s.PGSQL.${port}`)).isSocket();
+        } catch {
+          return false;
+        }
+      },
+      readFile: (file) => {
+        try {
+          return fs.readFileSync(file, 'utf8');
+        } catch {
+          return null;
+        }
+      },
+    },
+    config.databaseUrlFrom ?? 'QGUARD_DATABASE_URL',
+  );
+}
+
+/**
+ * The password from the target's password file, read only when the server asks (as libpq
+ * does). Like libpq, a file that group or others can read is ignored, with a warning.
+ */
+function passwordFromFile(t: ConnTarget, warn: (msg: string) => void): string | undefined {
+  let text: string;
+  try {
+    const st = fs.statSync(t.passfile);
+    if (!st.isFile()) return undefined;
+    if ((st.mode & 0o077) !== 0) {
+      warn(`password file "${t.passfile}" has group or world access; permissions should be u=rw (0600) or less`);
+      return undefined;
+    }
+    text = fs.readFileSync(t.passfile, 'utf8');
+  } catch {
+    return undefined;
+  }
+  return pgpassLookup(text, t) ?? undefined;
+}
+
+/** A certificate or key file named in the connection settings, or libpq's default under ~/.postgresql/. */
+function readTlsFile(file: string | null, dflt: string | null, what: string): string | undefined {
+  const name = file ?? dflt;
+  if (!name) return undefined;
+  try {
+    return fs.readFileSync(name, 'utf8');
+  } catch (err) {
+    if (file === null && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new PermanentError(`unable to read ${what} ${name}: ${(err as Error).message}`);
+  }
+}
+
+/** node-postgres' ssl setting for a libpq sslmode (false: plain; null: try TLS, then plain). */
+function tlsOptions(t: ConnTarget): { ssl: false | import('node:tls').ConnectionOptions; fallback: boolean } {
+  if (t.socket || t.sslmode === 'disable' || t.sslmode === 'allow') return { ssl: false, fallback: false };
+  const dir = path.join(os.homedir(), '.postgresql');
+  const cert = readTlsFile(t.sslcert, path.join(dir, 'postgresql.crt'), 'sslcert');
+  const key = cert ? readTlsFile(t.sslkey, path.join(dir, 'postgresql.key'), 'sslkey') : undefined;
+  const verify = t.sslmode === 'verify-ca' || t.sslmode === 'verify-full';
+  const rootFile = t.sslrootcert === 'system' ? null : t.sslrootcert;
+  const ca = rootFile || verify ? readTlsFile(rootFile, verify ? path.join(dir, 'root.crt') : null, 'sslrootcert') : undefined;
+  if (verify && !ca && t.sslrootcert !== 'system') {
+    throw new PermanentError(`sslmode ${t.sslmode} needs a root certificate: sslrootcert, or ${path.join(dir, 'root.crt')}`);
+  }
+  const opts: import('node:tls').ConnectionOptions = { ...(cert ? { cert } : {}), ...(key ? { key } : {}), ...(ca ? { ca } : {}) };
+  if (t.sslmode === 'verify-full') return { ssl: { ...opts, servername: t.host }, fallback: false };
+  // require with a root certificate behaves as verify-ca (libpq); verify-ca checks the chain, not the name.
+  if (t.sslmode === 'verify-ca' || ca) return { ssl: { ...opts, checkServerIdentity: () => undefined }, fallback: false };
+  return { ssl: { ...opts, rejectUnauthorized: false }, fallback: t.sslmode === 'prefer' };
+}
+
 async function openServer(config: Config, appName: string): Promise<Db> {
+  const target = connTarget(config);
   const { default: pgModule } = await import('pg');
   // Counts and ids come back as numbers, as with PGlite; our bigints stay far below 2^53.
   const types = {
@@ -72,20 +156,57 @@ async function openServer(config: Config, appName: string): Promise<Db> {
       return pgModule.types.getTypeParser(oid, format as 'text');
     },
   };
-  const client = new pgModule.Client({
-    connectionString: config.databaseUrl ?? undefined,
-    application_name: appName,
+  const location = `PostgreSQL ${describeTarget(target)}`;
+  const warn = (msg: string) => process.stderr.write(`${appName}: warning: ${msg}\n`);
+  const tls = tlsOptions(target);
+  // Every parameter is explicit, so node-postgres' own defaults (TCP localhost, $USER, its
+  // reading of PG* variables) never apply.
+  const clientConfig = (ssl: false | import('node:tls').ConnectionOptions): pg.ClientConfig => ({
+    host: target.hostaddr ?? target.host,
+    port: target.port,
+    user: target.user,
+    database: target.database,
+    password: target.password ?? (async () => {
+      const p = passwordFromFile(target, warn);
+      if (p === undefined) throw new Error(`the server asks for a password and none was given (URL, PGPASSWORD or ${target.passfile})`);
+      return p;
+    }),
+    ssl,
+    application_name: target.applicationName ?? appName,
+    ...(target.fallbackApplicationName ? { fallback_application_name: target.fallbackApplicationName } : {}),
+    ...(target.options ? { options: target.options } : {}),
+    ...(target.clientEncoding ? { client_encoding: target.clientEncoding } : {}),
+    ...(target.keepalives !== null ? { keepAlive: target.keepalives } : {}),
+    ...(target.keepalivesIdleSeconds !== null ? { keepAliveInitialDelayMillis: target.keepalivesIdleSeconds * 1000 } : {}),
     types: types as pg.CustomTypesConfig,
-    connectionTimeoutMillis: 15_000,
+    connectionTimeoutMillis: (target.connectTimeoutSeconds ?? 15) * 1000,
   });
-  const location = config.databaseUrl ? redactUrl(config.databaseUrl) : 'PostgreSQL (PG* environment)';
-  // An idle-connection error (server restart) must not crash the process with an unhandled event.
-  client.on('error', () => {});
+  const connect = async (ssl: false | import('node:tls').ConnectionOptions): Promise<pg.Client> => {
+    const c = new pgModule.Client(clientConfig(ssl));
+    // An idle-connection error (server restart) must not crash the process with an unhandled event.
+    c.on('error', () => {});
+    try {
+      await c.connect();
+      return c;
+    } catch (err) {
+      await c.end().catch(() => {});
+      throw err;
+    }
+  };
+  let client: pg.Client;
   try {
-    await client.connect();
+    try {
+      client = await connect(tls.ssl);
+    } catch (err) {
+      // sslmode=prefer (libpq's default): a server without TLS is spoken to in plain.
+      if (!tls.fallback || !/does not support SSL/i.test((err as Error).message)) throw err;
+      client = await connect(false);
+    }
   } catch (err) {
-    await client.end().catch(() => {});
-    throw new TemporaryError(`unable to connect to database ${location}: ${(err as Error).message}`, { cause: err });
+    throw new TemporaryError(
+      `unable to connect to database ${target.masked ?? '(PG* environment)'} (${config.databaseUrlFrom ?? 'PG* environment'}; tried ${describeTarget(target)}; ${describeOrigins(target)}): ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   const run = async <T>(sql: string, params?: readonly unknown[]): Promise<QueryResult<T>> => {
     try {
