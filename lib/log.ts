@@ -4,6 +4,7 @@
 // which is where qmail admins look.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { terminalSafe } from './text.js';
 
 export interface Logger {
   readonly verbose: boolean;
@@ -17,9 +18,12 @@ export interface Logger {
   close(): Promise<void>;
 }
 
-/** Strip what could break a log line: newlines and control characters. */
+/**
+ * One log line: line breaks and tabs (from a program's stderr, say) become spaces; anything
+ * else that could act on a terminal or on a syslog reader is shown escaped (lib/text.ts).
+ */
 function oneLine(text: string): string {
-  return text.replace(/[\x00-\x1f\x7f]+/g, ' ');
+  return terminalSafe(text.replace(/[\n\t]+/g, ' '));
 }
 
 export function createLogger(command: string, opts: { verbose: boolean; syslog: boolean }): Logger {

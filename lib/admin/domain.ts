@@ -4,7 +4,7 @@ import type { RunContext } from '../cli/run-main.js';
 import { PermanentError, UsageError } from '../errors.js';
 import { parseDomain } from '../net/domain.js';
 import { addDomain, listDomains, removeDomain } from '../db/domains.js';
-import { safeForTerminal } from '../text.js';
+import { forTerminal } from '../text.js';
 import { adminUser } from '../db/connect.js';
 
 function domainArgument(text: string | undefined): string {
@@ -49,5 +49,5 @@ export async function domainList(ctx: RunContext, opts: { json?: boolean }): Pro
     ctx.printJson(domains.map((d) => ({ name: d.name, host: d.host, who: d.who, createdAt: d.createdAt.toISOString() })));
     return;
   }
-  if (domains.length) ctx.print(domains.map((d) => `${d.name}${d.host ? ` (${safeForTerminal(d.host)} only)` : ''}\n`).join(''));
+  if (domains.length) ctx.print(domains.map((d) => `${d.name}${d.host ? ` (${forTerminal(d.host)} only)` : ''}\n`).join(''));
 }

@@ -17,7 +17,7 @@ import {
   rulesContaining,
   upsertRule,
 } from '../db/rules.js';
-import { safeForTerminal } from '../text.js';
+import { forTerminal } from '../text.js';
 import { adminUser } from '../db/connect.js';
 
 /** Parse an address/CIDR argument or fail with a usage error naming it. */
@@ -135,10 +135,10 @@ function when(d: Date | null): string {
 
 function describe(r: Rule): string {
   const parts = [`${r.cidr} ${r.action}`, `source ${r.source}`];
-  if (r.who) parts.push(`by ${safeForTerminal(r.who)}`);
-  if (r.host) parts.push(`host ${safeForTerminal(r.host)}`);
+  if (r.who) parts.push(`by ${forTerminal(r.who)}`);
+  if (r.host) parts.push(`host ${forTerminal(r.host)}`);
   parts.push(r.expiresAt ? `expires ${when(r.expiresAt)}` : 'no expiry');
-  if (r.reason) parts.push(`reason: ${safeForTerminal(r.reason)}`);
+  if (r.reason) parts.push(`reason: ${forTerminal(r.reason)}`);
   return parts.join(', ');
 }
 
@@ -167,9 +167,9 @@ export async function ipList(ctx: RunContext, opts: { action?: string; source?: 
   }
   const lines = rules.map(
     (r) =>
-      `${r.cidr.padEnd(20)} ${r.action.padEnd(5)} ${r.source.padEnd(16)} ${when(r.expiresAt).padEnd(20)} ${r.host ? safeForTerminal(r.host) : '*'}${
-        r.who ? ` ${safeForTerminal(r.who)}` : ''
-      }${r.reason ? ` -- ${safeForTerminal(r.reason)}` : ''}`,
+      `${r.cidr.padEnd(20)} ${r.action.padEnd(5)} ${r.source.padEnd(16)} ${when(r.expiresAt).padEnd(20)} ${r.host ? forTerminal(r.host) : '*'}${
+        r.who ? ` ${forTerminal(r.who)}` : ''
+      }${r.reason ? ` -- ${forTerminal(r.reason)}` : ''}`,
   );
   if (lines.length) ctx.print(`${lines.join('\n')}\n`);
 }

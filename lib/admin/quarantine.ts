@@ -2,7 +2,7 @@
 // way back. `restore` re-injects a message with its original envelope through qmail-queue
 // (QGUARD_QMAIL_QUEUE): the message file on descriptor 0, the envelope on descriptor 1, both
 // files opened read-only — so a partner's mail purged by mistake is delivered after all.
-// Everything printed from a message passes through safeForTerminal.
+// Everything printed from a message passes through forTerminal.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,11 +16,10 @@ import { ENTRY_FILES, readEntry } from '../io/quarantine.js';
 import { readHead } from '../io/queue-walk.js';
 import { runProgram } from '../io/run-program.js';
 import { parseQmailQueueEnvelope, qmailQueueExit } from '../qmail/qmail-queue-envelope.js';
-import { bytesToText, readHeader } from '../qmail/message-header.js';
+import { messageExcerpt } from '../qmail/message-excerpt.js';
 import { pruneQuarantine } from '../jobs/purge-queue.js';
-import { safeForTerminal } from '../text.js';
+import { forTerminal } from '../text.js';
 
-const safe = (s: string | null | undefined) => safeForTerminal(s ?? '');
 
 function iso(d: Date | null): string | null {
   return d ? d.toISOString() : null;
@@ -102,10 +101,10 @@ export async function quarantineList(ctx: RunContext, opts: QuarantineLsOptions)
       shortTime(q.purgedAt),
       q.queueId.padStart(9),
       (q.sourceIp ?? '-').padEnd(15),
-      `<${safe(q.sender)}>`,
+      `<${forTerminal(q.sender)}>`,
       q.state === 'removed' ? '' : `[${q.state}]`,
-      `-- ${safe(q.reason)}`,
-      opts.allHosts ? `@${safe(q.host)}` : '',
+      `-- ${forTerminal(q.reason)}`,
+      opts.allHosts ? `@${forTerminal(q.host)}` : '',
     ]
       .filter((p) => p !== '')
       .join(' '),
@@ -139,36 +138,26 @@ export async function quarantineShow(ctx: RunContext, idText: string, opts: { js
       missing = `the message file is missing: ${errorText(err)}`;
     }
   } else missing = `kept on ${q.host}`;
-  let headerText = '';
-  let body = '';
-  let more = false;
-  if (head) {
-    const text = head.toString('latin1');
-    const header = readHeader(text, 0, head.length < SHOW_BYTES);
-    headerText = bytesToText(text.slice(0, header.end)).replace(/\n+$/, '');
-    const bodyAll = text.slice(header.end).split('\n');
-    body = bytesToText(bodyAll.slice(0, bodyLines).join('\n'));
-    more = bodyAll.length > bodyLines || head.length < size;
-  }
+  const ex = head ? messageExcerpt(head, size, bodyLines) : null;
   if (opts.json) {
-    ctx.printJson({ ...quarantineJson(q), header: head ? headerText : null, body: head ? body : null, truncated: more, missing });
+    ctx.printJson({ ...quarantineJson(q), header: ex ? ex.header : null, body: ex ? ex.body : null, truncated: ex?.truncated ?? false, missing });
     return;
   }
   const out = [
-    `quarantine ${q.id}   state: ${q.state}   purged: ${shortTime(q.purgedAt)}${q.who ? ` by ${safe(q.who)}` : ''}   host: ${safe(q.host)}`,
+    `quarantine ${q.id}   state: ${q.state}   purged: ${shortTime(q.purgedAt)}${q.who ? ` by ${forTerminal(q.who)}` : ''}   host: ${forTerminal(q.host)}`,
     `queue id: ${q.queueId}   was: ${q.queueState}   size: ${q.size}   arrival: ${shortTime(q.arrival)}`,
-    `line 1: ${safe(q.line1)}`,
+    `line 1: ${forTerminal(q.line1)}`,
     `kind: ${q.kind}${q.forwarded ? ' (forwarded copy)' : ''}   source: ${q.sourceIp ?? 'none'}`,
-    `reason: ${safe(q.reason)} (${q.policy})`,
-    `sender: <${safe(q.sender)}>`,
-    ...q.pending.map((r) => `  to: <${safe(r)}> pending`),
+    `reason: ${forTerminal(q.reason)} (${q.policy})`,
+    `sender: <${forTerminal(q.sender)}>`,
+    ...q.pending.map((r) => `  to: <${forTerminal(r)}> pending`),
     ...(q.pendingCount > q.pending.length ? [`  ... ${q.pendingCount} pending recipients in all`] : []),
-    ...(q.restoredAt ? [`restored: ${shortTime(q.restoredAt)} by ${safe(q.restoredBy)}`] : []),
+    ...(q.restoredAt ? [`restored: ${shortTime(q.restoredAt)} by ${forTerminal(q.restoredBy)}`] : []),
   ];
-  if (missing) out.push(`message: ${safe(missing)}`);
+  if (!ex) out.push(`message: ${forTerminal(missing)}`);
   else {
-    out.push('', safeForTerminal(headerText, { keepNewlines: true }), '', safeForTerminal(body, { keepNewlines: true }));
-    if (more) out.push(`[... ${size} bytes in all]`);
+    out.push('', ex.terminal.header, '', ex.terminal.body);
+    if (ex.terminal.note) out.push(ex.terminal.note);
   }
   ctx.print(`${out.join('\n')}\n`);
 }

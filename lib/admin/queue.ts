@@ -2,7 +2,7 @@
 // counts of `stats` read what scan-queue recorded (every mail server sharing the database,
 // as of their last scan); `show` and the file counts of `stats` read this server's queue
 // directly, never writing it. Everything printed from a message passes through
-// safeForTerminal: spam will try to attack the admin's terminal with escape sequences.
+// forTerminal: spam will try to attack the admin's terminal with escape sequences.
 
 import path from 'node:path';
 import type { RunContext } from '../cli/run-main.js';
@@ -13,11 +13,10 @@ import { decide } from '../policy/decide.js';
 import { ruleJson } from '../db/rules.js';
 import { type MessageRow, listMessages, loadScanState, messageStats, rulesForIps, topSources } from '../db/messages.js';
 import { MESSAGE_KINDS, type MessageKind } from '../qmail/received.js';
-import { bytesToText, readHeader } from '../qmail/message-header.js';
+import { messageExcerpt } from '../qmail/message-excerpt.js';
 import { QUEUE_DIRS, type QueuedMessage, absPath, listIds, openQueue, readHead, readMessage } from '../io/queue-walk.js';
-import { safeForTerminal } from '../text.js';
+import { forTerminal } from '../text.js';
 
-const safe = (s: string | null | undefined) => safeForTerminal(s ?? '');
 
 function iso(d: Date | null): string | null {
   return d ? d.toISOString() : null;
@@ -110,9 +109,9 @@ export async function queueList(ctx: RunContext, opts: QueueLsOptions): Promise<
       (m.sourceIp ?? '-').padEnd(15),
       kindText.padEnd(13),
       m.state === 'preprocessed' ? '' : `[${m.state}]`,
-      `<${safe(m.sender ?? '?')}> ${rcpt}`,
-      m.subject ? `-- ${safe(m.subject)}` : '',
-      opts.allHosts ? `@${safe(m.host)}` : '',
+      `<${forTerminal(m.sender ?? '?')}> ${rcpt}`,
+      m.subject ? `-- ${forTerminal(m.subject)}` : '',
+      opts.allHosts ? `@${forTerminal(m.host)}` : '',
       m.goneAt ? `(gone ${shortTime(m.goneAt)})` : '',
     ];
     return parts.filter((p) => p !== '').join(' ');
@@ -161,7 +160,7 @@ export async function queueTop(ctx: RunContext, opts: QueueTopOptions): Promise<
   const head = `queued messages per source IP, last ${formatDuration(windowSeconds)}, all hosts (threshold ${ctx.config.threshold})`;
   const lines = out.map((t) => {
     const note = t.protected ? ' protected' : t.scanExempt ? ' exempt' : '';
-    return `${String(t.count).padStart(6)}${t.overThreshold ? '*' : ' '} ${t.ip.padEnd(15)} ${(t.decision + note).padEnd(16)} ${safe(t.sample ?? '')}`;
+    return `${String(t.count).padStart(6)}${t.overThreshold ? '*' : ' '} ${t.ip.padEnd(15)} ${(t.decision + note).padEnd(16)} ${forTerminal(t.sample ?? '')}`;
   });
   ctx.print(`${head}\n${lines.join('\n')}\n`);
 }
@@ -179,19 +178,19 @@ function describeMessage(m: QueuedMessage): string[] {
   const out: string[] = [];
   out.push(`id: ${m.id}   state: ${m.state}   size: ${m.size}   arrival: ${shortTime(m.arrival)}   birth: ${shortTime(m.birth)}`);
   out.push(`files: ${m.files.join(' ')}`);
-  out.push(`line 1: ${safe(m.line1)}`);
+  out.push(`line 1: ${forTerminal(m.line1)}`);
   const via = o.chain.length ? ` (via ${o.chain.join(' > ')})` : '';
   out.push(`kind: ${o.kind}${via}`);
   if (o.smtp) {
     out.push(
-      `source: ${safe(o.sourceIpRecorded)}${o.sourceIp && o.sourceIp !== o.sourceIpRecorded ? ` (${o.sourceIp})` : ''}   host: ${safe(o.smtp.remoteHost)}` +
-        `${o.smtp.helo !== null ? `   helo: ${safe(o.smtp.helo)}` : ''}${o.smtp.remoteInfo !== null ? `   info: ${safe(o.smtp.remoteInfo)}` : ''}`,
+      `source: ${forTerminal(o.sourceIpRecorded)}${o.sourceIp && o.sourceIp !== o.sourceIpRecorded ? ` (${o.sourceIp})` : ''}   host: ${forTerminal(o.smtp.remoteHost)}` +
+        `${o.smtp.helo !== null ? `   helo: ${forTerminal(o.smtp.helo)}` : ''}${o.smtp.remoteInfo !== null ? `   info: ${forTerminal(o.smtp.remoteInfo)}` : ''}`,
     );
   } else out.push('source: none');
-  out.push(`sender: <${safe(m.sender ?? '?')}>${m.envelopeComplete ? '' : '   (envelope incomplete)'}`);
-  for (const r of m.recipients) out.push(`  to: <${safe(r.address)}> ${r.queue} ${r.done ? 'done' : 'pending'}`);
-  for (const b of m.bounceReport ?? []) out.push(`  failed: <${safe(b.address)}> ${safe(b.reason.replace(/\n/g, ' '))}`);
-  for (const p of m.problems) out.push(`problem: ${safe(p)}`);
+  out.push(`sender: <${forTerminal(m.sender ?? '?')}>${m.envelopeComplete ? '' : '   (envelope incomplete)'}`);
+  for (const r of m.recipients) out.push(`  to: <${forTerminal(r.address)}> ${r.queue} ${r.done ? 'done' : 'pending'}`);
+  for (const b of m.bounceReport ?? []) out.push(`  failed: <${forTerminal(b.address)}> ${forTerminal(b.reason.replace(/\n/g, ' '))}`);
+  for (const p of m.problems) out.push(`problem: ${forTerminal(p)}`);
   return out;
 }
 
@@ -210,12 +209,7 @@ export async function queueShow(ctx: RunContext, id: string, opts: QueueShowOpti
   } catch (err) {
     throw new PermanentError(`no message ${id} in ${layout.dir}: ${(err as Error).message}`);
   }
-  const text = head.toString('latin1');
-  const header = readHeader(text, 0, head.length < SHOW_BYTES);
-  const headerText = bytesToText(text.slice(0, header.end)).replace(/\n+$/, '');
-  const bodyAll = text.slice(header.end).split('\n');
-  const body = bytesToText(bodyAll.slice(0, bodyLines).join('\n'));
-  const more = bodyAll.length > bodyLines || head.length < m.size;
+  const ex = messageExcerpt(head, m.size, bodyLines);
   if (opts.json) {
     ctx.printJson({
       id: m.id,
@@ -238,20 +232,20 @@ export async function queueShow(ctx: RunContext, id: string, opts: QueueShowOpti
       line1: m.line1,
       subject: m.origin.subject,
       problems: m.problems,
-      header: headerText,
-      body,
-      truncated: more,
+      header: ex.header,
+      body: ex.body,
+      truncated: ex.truncated,
     });
     return;
   }
   const out = [
     ...describeMessage(m),
     '',
-    safeForTerminal(headerText, { keepNewlines: true }),
+    ex.terminal.header,
     '',
-    safeForTerminal(body, { keepNewlines: true }),
+    ex.terminal.body,
   ];
-  if (more) out.push(`[... ${m.size} bytes in all]`);
+  if (ex.terminal.note) out.push(ex.terminal.note);
   ctx.print(`${out.join('\n')}\n`);
 }
 
@@ -306,7 +300,7 @@ export async function queueStats(ctx: RunContext, opts: { json?: boolean }): Pro
     lines.push(`files: ${QUEUE_DIRS.map((d) => `${d} ${files![d]}`).join(', ')}`);
   }
   lines.push(
-    `recorded by scan-queue on ${safe(host)}: ${st.total}${report.lastScan ? ` (last scan ${shortTime(scan!.scannedAt)})` : ' (never scanned)'}`,
+    `recorded by scan-queue on ${forTerminal(host)}: ${st.total}${report.lastScan ? ` (last scan ${shortTime(scan!.scannedAt)})` : ' (never scanned)'}`,
   );
   lines.push(`by kind: ${fmt(st.byKind)}`);
   lines.push(`by state: ${fmt(st.byState)}`);

@@ -7,7 +7,7 @@ import type { RunContext } from '../cli/run-main.js';
 import { SilentExit, errorText } from '../errors.js';
 import { jobStates, queueFigures, ruleCounts } from '../db/jobs.js';
 import { type Level, LEVEL_EXIT, ago, assess } from '../policy/health.js';
-import { safeForTerminal } from '../text.js';
+import { forTerminal } from '../text.js';
 
 export async function status(ctx: RunContext, opts: { json?: boolean; all?: boolean }): Promise<void> {
   const now = new Date();
@@ -82,12 +82,12 @@ function since(iso: string | null, now: Date): string {
 /** The human form: a plugin's first line, then the details. */
 function render(r: Report, now: Date): string {
   const headline = r.problems.length ? r.problems.map((p) => p.message).join('; ') : `all jobs on ${r.hosts.join(', ')} are current`;
-  const lines = [`QGUARD ${r.level} - ${safeForTerminal(headline)}`];
+  const lines = [`QGUARD ${r.level} - ${forTerminal(headline)}`];
   if (r.jobs.length) {
     lines.push('jobs:');
     for (const j of r.jobs) {
       lines.push(
-        `  ${safeForTerminal(j.host)} ${j.job.padEnd(15)} last ok ${since(j.lastOkAt, now)}, last failure ${since(j.lastFailAt, now)}${
+        `  ${forTerminal(j.host)} ${j.job.padEnd(15)} last ok ${since(j.lastOkAt, now)}, last failure ${since(j.lastFailAt, now)}${
           j.lastRunOk ? '' : ' (last run failed)'
         }, ${j.runs} runs`,
       );
@@ -102,7 +102,7 @@ function render(r: Report, now: Date): string {
   }
   for (const q of r.queue) {
     lines.push(
-      `queue: ${safeForTerminal(q.host)} ${q.messages} messages${q.oldestAgeSeconds !== null ? `, oldest ${ago(q.oldestAgeSeconds)}` : ''}, scanned ${since(q.scannedAt, now)}`,
+      `queue: ${forTerminal(q.host)} ${q.messages} messages${q.oldestAgeSeconds !== null ? `, oldest ${ago(q.oldestAgeSeconds)}` : ''}, scanned ${since(q.scannedAt, now)}`,
     );
   }
   return `${lines.join('\n')}\n`;

@@ -15,6 +15,7 @@ import type { Net } from '../net/address.js';
 import { type Db, currentActor, openDb } from '../db/connect.js';
 import { checkSchema } from '../db/migrate.js';
 import { type FileLock, lockFile } from '../io/lock.js';
+import { forTerminal, jsonForTerminal, terminalSafe } from '../text.js';
 import { interfaceNets, loadConfig } from './load-config.js';
 
 /** Everything an action needs; created per run, closed by runMain. */
@@ -91,7 +92,8 @@ export function newProgram(name: string, description: string): Command {
     .exitOverride()
     .showHelpAfterError(`(run ${name} --help for usage)`)
     .configureOutput({
-      outputError: (str, write) => write(`${name}: fatal: ${str.replace(/^error: /, '')}`),
+      // commander echoes the arguments it refused: they may be anything.
+      outputError: (str, write) => write(terminalSafe(`${name}: fatal: ${str.replace(/^error: /, '')}`)),
     });
   addConfigOptions(program);
   return program;
@@ -200,10 +202,11 @@ function makeContext(command: string, cmd: Command): OpenContext {
       return sources(option) === 'cli';
     },
     print(text) {
-      process.stdout.write(text);
+      // Fields from outside were escaped where they were formatted; this catches any that were not.
+      process.stdout.write(terminalSafe(text));
     },
     printJson(value) {
-      process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+      process.stdout.write(`${jsonForTerminal(value, 2)}\n`);
     },
     defer(fn) {
       deferred.push(fn);
@@ -274,7 +277,7 @@ export async function runMain(program: Command, argv: string[] = process.argv): 
     } else if (err instanceof LockBusy) {
       code = EXIT.ok;
       verbose = Boolean(program.opts().verbose);
-      if (verbose) process.stderr.write(`${name}: ${err.message}\n`);
+      if (verbose) process.stderr.write(`${name}: ${forTerminal(err.message)}\n`);
     } else if (err instanceof QguardError) {
       code = err.exitCode;
       fatal = err.message;
@@ -287,14 +290,14 @@ export async function runMain(program: Command, argv: string[] = process.argv): 
   if (fatal !== null) {
     const line = fatal.split('\n')[0];
     if (contexts.length > 0) contexts[0].log.fatal(line);
-    else process.stderr.write(`${name}: fatal: ${line}\n`);
+    else process.stderr.write(`${name}: fatal: ${forTerminal(line)}\n`);
   }
   for (const ctx of contexts) {
     try {
       await ctx.recordRun(code, fatal === null ? null : fatal.split('\n')[0]);
       await ctx.close();
     } catch (err) {
-      process.stderr.write(`${name}: warning: closing: ${errorText(err)}\n`);
+      process.stderr.write(`${name}: warning: closing: ${forTerminal(errorText(err))}\n`);
     }
   }
   await drainStdout();

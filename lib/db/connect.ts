@@ -11,6 +11,7 @@ import type pg from 'pg';
 import type { Config } from '../config.js';
 import { PermanentError, TemporaryError } from '../errors.js';
 import { type FileLock, lockFile } from '../io/lock.js';
+import { terminalSafe } from '../text.js';
 import { type ConnTarget, describeOrigins, describeTarget, pgpassLookup, resolveConnInfo } from './conninfo.js';
 
 export type Row = Record<string, unknown>;
@@ -157,7 +158,7 @@ async function openServer(config: Config, appName: string): Promise<Db> {
     },
   };
   const location = `PostgreSQL ${describeTarget(target)}`;
-  const warn = (msg: string) => process.stderr.write(`${appName}: warning: ${msg}\n`);
+  const warn = (msg: string) => process.stderr.write(terminalSafe(`${appName}: warning: ${msg}\n`));
   const tls = tlsOptions(target);
   // Every parameter is explicit, so node-postgres' own defaults (TCP localhost, $USER, its
   // reading of PG* variables) never apply.

@@ -17,7 +17,7 @@ import { MAX_LINE, QUICK_SKIP, isMarkupLine, parseLine, quickLineBytes } from '.
 import { EntrySet } from '../spamlist/entry-set.js';
 import { type SourceRead, type SpamlistDiff, mergeSpamlist, readSourceEarly } from '../db/spamlist.js';
 import type { Db } from '../db/connect.js';
-import { safeForTerminal } from '../text.js';
+import { decodeBytes } from '../text.js';
 
 /** Flags of import-spamlist, as commander hands them over. */
 export interface ImportOptions {
@@ -79,7 +79,8 @@ class Reporter {
   problem(kind: 'invalid' | 'refused', where: string, reason: string): void {
     if (this.shown[kind]++ >= SHOW) return;
     this.clearProgress();
-    this.ctx.log.warn(`${where}: ${kind === 'refused' ? 'refused: ' : ''}${safeForTerminal(reason)}`);
+    // The reason quotes the line through quoteInput (escaped already); the log line is made safe as a whole.
+    this.ctx.log.warn(`${where}: ${kind === 'refused' ? 'refused: ' : ''}${reason}`);
   }
 
   /** After the pass: how many were not shown. */
@@ -285,7 +286,8 @@ export async function importSpamlist(ctx: RunContext, files: string[], opts: Imp
             return;
           }
         }
-        const line = buf.toString('utf8', start, end);
+        // Not the hot path: bytes that are not UTF-8 are kept, to be shown as \xNN if echoed.
+        const line = decodeBytes(buf, start, end);
         if (n <= MARKUP_LINES && isMarkupLine(line)) {
           throw new PermanentError(
             `${label}:${n}: looks like an HTML page, not a list (a failed download?): refused, nothing changed`,

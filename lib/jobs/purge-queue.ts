@@ -28,6 +28,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { RunContext } from '../cli/run-main.js';
 import { PermanentError, TemporaryError, UsageError, errorText } from '../errors.js';
+import { forTerminal } from '../text.js';
 import { formatDuration, parseDuration } from '../duration.js';
 import { parseIp, parseNet } from '../net/address.js';
 import { decide } from '../policy/decide.js';
@@ -309,9 +310,8 @@ function finish(ctx: RunContext, summary: PurgeSummary, started: number, opts: P
 }
 
 function printPlan(ctx: RunContext, summary: PurgeSummary): void {
-  const safe = (s: string) => s.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
   const lines = (summary.messages ?? []).map(
-    (m) => `${m.id.padStart(9)} ${(m.sourceIp ?? '-').padEnd(15)} <${safe(m.sender ?? '?')}> ${safe(m.reason)}`,
+    (m) => `${m.id.padStart(9)} ${(m.sourceIp ?? '-').padEnd(15)} <${forTerminal(m.sender ?? '?')}> ${forTerminal(m.reason)}`,
   );
   if (lines.length) ctx.print(`${lines.join('\n')}\n`);
 }
@@ -615,7 +615,7 @@ async function removeAll(
     for (const s of staged) {
       const files = removeMessageFiles(layout, s.message.id, touched);
       ctx.log.info(
-        `removed ${s.message.id} from ${s.choice.record.sourceIp ?? '-'} <${s.message.sender ?? ''}>: ${s.choice.reason} ` +
+        `removed ${s.message.id} from ${s.choice.record.sourceIp ?? '-'} <${forTerminal(s.message.sender ?? '')}>: ${forTerminal(s.choice.reason)} ` +
           `(quarantine ${s.qid}; ${files.length} files)`,
       );
     }

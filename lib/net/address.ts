@@ -3,6 +3,7 @@
 // every loose spelling is a way to deny or open the wrong thing: `1.2.3` and `01.2.3.4` are
 // refused, not guessed; `::ffff:a.b.c.d` becomes the IPv4 address it stands for. Pure.
 
+import { forTerminal } from '../text.js';
 import ipaddr from 'ipaddr.js';
 
 export type Family = 4 | 6;
@@ -25,7 +26,7 @@ export type ParseResult = { ok: true; net: Net } | { ok: false; error: string };
 /** Show an offending input in a message without pasting 10 kB of it into the terminal. */
 export function quoteInput(text: string): string {
   const shown = text.length > 60 ? `${text.slice(0, 60)}…(${text.length} chars)` : text;
-  return JSON.stringify(shown);
+  return `"${forTerminal(shown).replace(/"/g, '\\"')}"`;
 }
 
 /** Number of addresses in a family's space as a bigint mask helper. */

@@ -114,7 +114,7 @@ describe('qguard quarantine ls and show', () => {
     expect(r.stdout).toContain(`quarantine ${e.id}   state: removed`);
     expect(r.stdout).toContain(`queue id: ${ids.partner}`);
     expect(r.stdout).toContain('Received: from mail.partner.example (203.0.113.80)');
-    expect(r.stdout).toContain('Subject: Order 4711 ^[[31mconfirmed');
+    expect(r.stdout).toContain('Subject: Order 4711 \\x1b[31mconfirmed');
     expect(r.stdout).not.toContain('\x1b');
     const j = JSON.parse((await runCli('qguard', ['quarantine', 'show', e.id, '--json'], { env })).stdout);
     expect(j).toMatchObject({ id: e.id, queueId: ids.partner, missing: null, truncated: false });

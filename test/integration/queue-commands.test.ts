@@ -110,7 +110,7 @@ describe('queue ls', () => {
     const r = await qg('queue', 'ls');
     expect(r.code).toBe(0);
     expect(r.stdout).not.toContain(ESC);
-    expect(r.stdout).toContain('^[[31mred');
+    expect(r.stdout).toContain('\\x1b[31mred');
     expect(r.stdout.trim().split('\n').length).toBe(11);
   });
 });
@@ -146,9 +146,9 @@ describe('queue show', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).not.toContain(ESC);
     expect(r.stdout).not.toContain('\x07');
-    expect(r.stdout).toContain('^[]2;owned^[\\');
-    expect(r.stdout).toContain('^[[2J^[[1;1Hcleared^G');
-    expect(r.stdout).toContain('sender: <x^[[5m@evil.example>');
+    expect(r.stdout).toContain('\\x1b]2;owned\\x1b\\\\');
+    expect(r.stdout).toContain('\\x1b[2J\\x1b[1;1Hcleared\\x07');
+    expect(r.stdout).toContain('sender: <x\\x1b[5m@evil.example>');
     expect(r.stdout).toMatch(/source: 203\.0\.113\.81 {3}host: unknown/);
     expect(r.stdout).toContain('  to: <dave@example.net> local pending');
     expect(r.stdout).toContain('Received: (qmail 4242 invoked from network)');
