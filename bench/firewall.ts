@@ -54,7 +54,7 @@ async function inside(): Promise<void> {
   const { parseNet } = await import('../lib/net/address.js');
   const { renderNftScript } = await import('../lib/firewall/nft-script.js');
   const { denySet, elementTexts } = await import('../lib/firewall/deny-set.js');
-  type RunContext = import('../lib/cli/run-main.js').RunContext;
+  type RunContext = import('../lib/context.js').RunContext;
   type PolicyRule = import('../lib/policy/decide.js').PolicyRule;
 
   // 100,000 IPv4 addresses, none adjacent, so each is one element (as on a spam list).

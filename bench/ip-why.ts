@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { resolveConfig } from '../lib/config.js';
 import { openDb } from '../lib/db/connect.js';
+import { lockFile } from '../lib/io/lock.js';
 import { migrate } from '../lib/db/migrate.js';
 import { rulesContaining } from '../lib/db/rules.js';
 import { decide } from '../lib/policy/decide.js';
@@ -37,7 +38,7 @@ async function main() {
   const url = u.toString();
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'qguard-bench-'));
   const config = resolveConfig({ flags: {}, env: { QGUARD_DATABASE_URL: url, QGUARD_STATE_DIR: stateDir }, file: null, hostname: 'bench' });
-  const db = await openDb(config, 'bench');
+  const db = await openDb(config, 'bench', lockFile);
   await migrate(db);
 
   // The mix: 93% single-address denies, 5% /24 denies, 0.5% /16 denies, 1% relay, 0.5% trust

@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { resolveConfig } from '../lib/config.js';
 import { openDb } from '../lib/db/connect.js';
+import { lockFile } from '../lib/io/lock.js';
 import { migrate } from '../lib/db/migrate.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -71,7 +72,7 @@ async function setup(name: string, fill: string): Promise<Setup> {
     QGUARD_RULES_STATIC: path.join(dir, 'tcp.smtp.static'),
   };
   const config = resolveConfig({ flags: {}, env, file: null, hostname: 'bench' });
-  const db = await openDb(config, 'bench');
+  const db = await openDb(config, 'bench', lockFile);
   await migrate(db);
   const t0 = process.hrtime.bigint();
   await db.exec(fill);

@@ -1,6 +1,6 @@
 // `qguard db migrate` and `qguard db status`.
 
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { appliedMigrations, latestMigration, listMigrations, migrate, schemaVersion } from '../db/migrate.js';
 import { changeCounter } from '../db/rules.js';
 

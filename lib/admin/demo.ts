@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { TemporaryError } from '../errors.js';
 import { runProgram } from '../io/run-program.js';
 import { LISTED_IP, SAMPLE_SENDERS, SAMPLE_SPAM_LIST, writeSampleQueue } from '../demo/sample-queue.js';

@@ -1,6 +1,6 @@
 // `qguard domain add|rm|ls NAME`: the hosts sync-rules writes to control/rcpthosts.
 
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { PermanentError, UsageError } from '../errors.js';
 import { parseDomain } from '../net/domain.js';
 import { addDomain, listDomains, removeDomain } from '../db/domains.js';

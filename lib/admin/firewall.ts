@@ -3,7 +3,7 @@
 // in lib/jobs/firewall.ts; this module decides what to say.
 
 import path from 'node:path';
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { TemporaryError } from '../errors.js';
 import { lockFile } from '../io/lock.js';
 import { NFT_FAMILY, NFT_SETS, NFT_TABLE } from '../firewall/nft-script.js';

@@ -2,7 +2,7 @@
 // checked before the database is touched (bad input: exit 2; a guard refusing: exit 100),
 // so nothing is written unless all of it is right.
 
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { PermanentError, UsageError } from '../errors.js';
 import { parseDuration } from '../duration.js';
 import { type Net, formatNet, formatNetShort, isHost, parseIp, parseNet } from '../net/address.js';

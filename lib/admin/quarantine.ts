@@ -6,7 +6,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { PermanentError, TemporaryError, UsageError, errorText } from '../errors.js';
 import { parseDuration } from '../duration.js';
 import { formatNet, parseNet } from '../net/address.js';
@@ -17,7 +17,7 @@ import { readHead } from '../io/queue-walk.js';
 import { runProgram } from '../io/run-program.js';
 import { parseQmailQueueEnvelope, qmailQueueExit } from '../qmail/qmail-queue-envelope.js';
 import { messageExcerpt } from '../qmail/message-excerpt.js';
-import { pruneQuarantine } from '../jobs/purge-queue.js';
+import { pruneQuarantine } from '../ops/quarantine.js';
 import { forTerminal } from '../text.js';
 
 

@@ -5,16 +5,17 @@
 // forTerminal: spam will try to attack the admin's terminal with escape sequences.
 
 import path from 'node:path';
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { PermanentError, UsageError } from '../errors.js';
 import { formatDuration } from '../duration.js';
-import { formatNet, formatNetShort, netContains, parseIp, parseNet } from '../net/address.js';
-import { decide } from '../policy/decide.js';
+import { formatNet, formatNetShort, netContains, parseNet } from '../net/address.js';
+import { rulesAndVerdicts } from '../ops/verdicts.js';
 import { ruleJson } from '../db/rules.js';
-import { type MessageRow, listMessages, loadScanState, messageStats, rulesForIps, topSources } from '../db/messages.js';
+import { type MessageRow, listMessages, loadScanState, messageStats, topSources } from '../db/messages.js';
 import { MESSAGE_KINDS, type MessageKind } from '../qmail/received.js';
 import { messageExcerpt } from '../qmail/message-excerpt.js';
-import { QUEUE_DIRS, type QueuedMessage, absPath, listIds, openQueue, readHead, readMessage } from '../io/queue-walk.js';
+import { listIds, openQueue, readHead, readMessage } from '../io/queue-walk.js';
+import { QUEUE_DIRS, type QueuedMessage, absPath } from '../qmail/queued-message.js';
 import { forTerminal } from '../text.js';
 
 
@@ -130,13 +131,11 @@ export async function queueTop(ctx: RunContext, opts: QueueTopOptions): Promise<
   const windowSeconds = ctx.config.windowSeconds;
   const db = await ctx.db();
   const top = await topSources(db, windowSeconds, limit);
-  const rules = await rulesForIps(db, top.map((t) => t.ip));
-  const prot = ctx.protectedNets();
+  const verdicts = await rulesAndVerdicts(db, top.map((t) => t.ip), ctx.protectedNets());
   const out = top.map((t) => {
-    const r = parseIp(t.ip);
-    const mine = (rules.get(t.ip) ?? []).filter((x) => x.host === null || x.host === ctx.config.host);
-    const d = r.ok ? decide(r.net, mine, prot) : { decision: 'default' as const, rule: null, protected: false };
-    const exempt = r.ok ? ctx.config.scanExempt.find((n) => netContains(n, r.net)) : undefined;
+    const v = verdicts.get(t.ip);
+    const d = v ? v.on(ctx.config.host) : { decision: 'default' as const, rule: null, protected: false };
+    const exempt = v ? ctx.config.scanExempt.find((n) => netContains(n, v.net)) : undefined;
     return {
       ip: t.ip,
       count: t.count,

@@ -3,7 +3,7 @@
 // verdict with monitoring exit codes (0 OK, 1 WARNING, 2 CRITICAL), usable as a Nagios/Icinga
 // check. A database that cannot be reached is itself CRITICAL.
 
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { SilentExit, errorText } from '../errors.js';
 import { jobStates, queueFigures, ruleCounts } from '../db/jobs.js';
 import { type Level, LEVEL_EXIT, ago, assess } from '../policy/health.js';

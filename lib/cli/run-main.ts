@@ -1,55 +1,18 @@
 // The one exit path of every executable. Builds the commander program with the shared
-// config flags, gives each action a RunContext (config, logger, lazily opened database,
-// job lock), maps typed errors to exit codes (0 / 2 / 100 / 111) with a `command: fatal: ...`
-// line on stderr, and always closes the database and releases locks. Only runMain() calls
-// process.exit.
+// config flags, gives each action a RunContext (lib/context.ts) built from its options, maps
+// typed errors to exit codes (0 / 2 / 100 / 111) with a `command: fatal: ...` line on stderr,
+// and always closes the database and releases locks. Only runMain() calls process.exit.
 
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
-import { CONFIG_KEYS, type Config, protectedNets } from '../config.js';
+import { CONFIG_KEYS } from '../config.js';
 import { EXIT, LockBusy, QguardError, SilentExit, errorText } from '../errors.js';
-import { type Logger, createLogger } from '../log.js';
-import type { Net } from '../net/address.js';
-import { type Db, currentActor, openDb } from '../db/connect.js';
-import { checkSchema } from '../db/migrate.js';
-import { type FileLock, lockFile } from '../io/lock.js';
-import { forTerminal, jsonForTerminal, terminalSafe } from '../text.js';
+import { createLogger } from '../log.js';
+import { type OpenContext, type RunContext, createContext } from '../context.js';
+import { forTerminal, terminalSafe } from '../text.js';
 import { interfaceNets, loadConfig } from './load-config.js';
-
-/** Everything an action needs; created per run, closed by runMain. */
-export interface RunContext {
-  readonly command: string;
-  readonly config: Config;
-  readonly log: Logger;
-  /** The database, opened on first use; the schema is checked unless `migrating`. */
-  db(opts?: { migrating?: boolean }): Promise<Db>;
-  /** Loopback, QGUARD_PROTECT and this machine's addresses. */
-  protectedNets(): Net[];
-  /**
-   * Take this host's lock for a job (`sync-rules`, `scan-queue`, ...). When another run holds
-   * it, throws LockBusy: the run ends quietly with exit 0, like `setlock -nx`. The run is then
-   * recorded in qguard.job_runs when it ends (ok or failed, with its summary and error) unless
-   * `record` is false (dry runs).
-   */
-  jobLock(job: string, opts?: { record?: boolean }): Promise<void>;
-  /** The job's summary (its --json document), kept with the job record. */
-  jobSummary(summary: unknown): void;
-  /**
-   * For a job that keeps running (`sync-rules --watch`): record the pass that just ended as
-   * a run of its own, so `qguard status` sees it working, and start the next one.
-   */
-  jobCheckpoint(exitCode: number, error: string | null): Promise<void>;
-  /** Was this option given on the command line (not from env, file or default)? */
-  fromCli(option: string): boolean;
-  /** Write text to stdout. */
-  print(text: string): void;
-  /** Write exactly one JSON document to stdout. */
-  printJson(value: unknown): void;
-  /** Run `fn` when the run ends (after the action, before exit). */
-  defer(fn: () => void | Promise<void>): void;
-}
 
 /** The version in package.json. */
 export function packageVersion(): string {
@@ -101,29 +64,6 @@ export function newProgram(name: string, description: string): Command {
 
 const openContexts: OpenContext[] = [];
 
-/**
- * A job's summary as kept in its record: long lists cut to their first 20 entries (the
- * every-minute runs must not store a thousand-entry list each time); the --json output is
- * not affected.
- */
-export function summaryForRecord(value: unknown): unknown {
-  if (Array.isArray(value)) {
-    const head = value.slice(0, 20).map(summaryForRecord);
-    return value.length > 20 ? [...head, `... ${value.length - 20} more`] : head;
-  }
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, summaryForRecord(v)]));
-  }
-  return value;
-}
-
-/** What runMain needs beyond the RunContext. */
-interface OpenContext extends RunContext {
-  /** Record a job run (when jobLock was taken) with its outcome. */
-  recordRun(exitCode: number, error: string | null): Promise<void>;
-  close(): Promise<void>;
-}
-
 function makeContext(command: string, cmd: Command): OpenContext {
   const all = cmd.optsWithGlobals() as Record<string, unknown>;
   const flags: Record<string, string | undefined> = {};
@@ -134,103 +74,14 @@ function makeContext(command: string, cmd: Command): OpenContext {
   }
   const config = loadConfig(flags, all.config as string | undefined);
   const log = createLogger(command, { verbose: Boolean(all.verbose), syslog: config.syslog });
-  let db: Db | null = null;
-  let dbPromise: Promise<Db> | null = null;
-  let schemaChecked = false;
-  let prot: Net[] | null = null;
-  const locks: FileLock[] = [];
-  const deferred: (() => void | Promise<void>)[] = [];
-  let job: { name: string; startedAt: Date; summary: unknown } | null = null;
-  const sources = (option: string): string | undefined => {
+  const fromCli = (option: string): boolean => {
     for (let c: Command | null = cmd; c; c = c.parent) {
       const src = c.getOptionValueSource(option);
-      if (src !== undefined) return src;
+      if (src !== undefined) return src === 'cli';
     }
-    return undefined;
+    return false;
   };
-  return {
-    command,
-    config,
-    log,
-    async db(opts = {}) {
-      if (!dbPromise) {
-        dbPromise = (async () => {
-          const d = await openDb(config, command);
-          db = d;
-          await d.query("SELECT set_config('qguard.actor', $1, false)", [currentActor(command)]);
-          return d;
-        })();
-      }
-      const d = await dbPromise;
-      if (!opts.migrating && !schemaChecked) {
-        await checkSchema(d);
-        schemaChecked = true;
-      }
-      return d;
-    },
-    protectedNets() {
-      prot ??= protectedNets(config, interfaceNets());
-      return prot;
-    },
-    async jobLock(name, opts = {}) {
-      const lock = await lockFile(path.join(config.stateDir, 'locks', `${name}.lock`), { waitSeconds: 0 });
-      if (!lock) throw new LockBusy(`another ${name} is running on this host`);
-      locks.push(lock);
-      if (opts.record !== false) job = { name, startedAt: new Date(), summary: null };
-    },
-    jobSummary(summary) {
-      if (job) job.summary = summary;
-    },
-    async jobCheckpoint(exitCode, error) {
-      await this.recordRun(exitCode, error);
-      if (job) job = { name: job.name, startedAt: new Date(), summary: null };
-    },
-    async recordRun(exitCode, error) {
-      if (!job || !db || !schemaChecked) return;
-      try {
-        await (db as Db).query(
-          `INSERT INTO qguard.job_runs (host, job, started_at, ok, exit_code, summary, error)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-          [config.host, job.name, job.startedAt, exitCode === 0, exitCode, job.summary === null ? null : JSON.stringify(summaryForRecord(job.summary)), error],
-        );
-        await (db as Db).query("DELETE FROM qguard.job_runs WHERE finished_at < now() - interval '14 days'");
-      } catch (err) {
-        log.warn(`unable to record this run: ${errorText(err)}`);
-      }
-    },
-    fromCli(option) {
-      return sources(option) === 'cli';
-    },
-    print(text) {
-      // Fields from outside were escaped where they were formatted; this catches any that were not.
-      process.stdout.write(terminalSafe(text));
-    },
-    printJson(value) {
-      process.stdout.write(`${jsonForTerminal(value, 2)}\n`);
-    },
-    defer(fn) {
-      deferred.push(fn);
-    },
-    async close() {
-      for (const fn of deferred.reverse()) {
-        try {
-          await fn();
-        } catch (err) {
-          log.warn(`cleanup failed: ${errorText(err)}`);
-        }
-      }
-      if (dbPromise) {
-        try {
-          await dbPromise;
-        } catch {
-          // never opened
-        }
-      }
-      if (db) await (db as Db).close().catch(() => {});
-      for (const l of locks) l.release();
-      await log.close();
-    },
-  };
+  return createContext({ command, config, log, interfaceNets, fromCli });
 }
 
 /**

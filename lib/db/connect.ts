@@ -10,7 +10,6 @@ import os from 'node:os';
 import type pg from 'pg';
 import type { Config } from '../config.js';
 import { PermanentError, TemporaryError } from '../errors.js';
-import { type FileLock, lockFile } from '../io/lock.js';
 import { terminalSafe } from '../text.js';
 import { type ConnTarget, describeOrigins, describeTarget, pgpassLookup, resolveConnInfo } from './conninfo.js';
 
@@ -257,14 +256,17 @@ async function openServer(config: Config, appName: string): Promise<Db> {
 // ---------------------------------------------------------------------------------------
 // Embedded
 
-async function openEmbedded(config: Config): Promise<Db> {
+/** How the embedded database is locked: lib/io/lock.ts's lockFile (injected, so this module needs no I/O helpers). */
+export type LockFn = (file: string, opts: { waitSeconds: number }) => Promise<{ release(): void } | null>;
+
+async function openEmbedded(config: Config, lockFile: LockFn): Promise<Db> {
   const dataDir = path.join(config.stateDir, 'pgdata');
   try {
     fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o750 });
   } catch (err) {
     throw new TemporaryError(`unable to create state directory ${config.stateDir}: ${(err as Error).message}`);
   }
-  const lock: FileLock | null = await lockFile(path.join(config.stateDir, 'pgdata.lock'), {
+  const lock = await lockFile(path.join(config.stateDir, 'pgdata.lock'), {
     waitSeconds: config.lockWaitSeconds,
   });
   if (!lock) {
@@ -322,10 +324,10 @@ async function openEmbedded(config: Config): Promise<Db> {
   };
 }
 
-/** Open the configured database. */
-export async function openDb(config: Config, appName = 'qguard'): Promise<Db> {
+/** Open the configured database; `lockFile` guards the embedded one (lib/io/lock.ts). */
+export async function openDb(config: Config, appName: string, lockFile: LockFn): Promise<Db> {
   if (config.databaseUrl || config.usePgEnv) return openServer(config, appName);
-  return openEmbedded(config);
+  return openEmbedded(config, lockFile);
 }
 
 /** The admin running us: the user behind sudo, or the login user. */

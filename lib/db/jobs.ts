@@ -1,4 +1,4 @@
-// Queries on qguard.job_runs (written by runMain for every cron job) and the other figures
+// qguard.job_runs (every cron job's runs, written when the run ends) and the other figures
 // `qguard status` reports.
 
 import type { Queryable } from './connect.js';
@@ -77,4 +77,41 @@ export async function queueFigures(db: Queryable): Promise<{ host: string; messa
     oldest: x.oldest ? new Date(x.oldest) : null,
     scannedAt: x.scanned_at ? new Date(x.scanned_at) : null,
   }));
+}
+
+/**
+ * A job's summary as kept in its record: long lists cut to their first 20 entries (the
+ * every-minute runs must not store a thousand-entry list each time); the --json output is
+ * not affected.
+ */
+export function summaryForRecord(value: unknown): unknown {
+  if (Array.isArray(value)) {
+    const head = value.slice(0, 20).map(summaryForRecord);
+    return value.length > 20 ? [...head, `... ${value.length - 20} more`] : head;
+  }
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, summaryForRecord(v)]));
+  }
+  return value;
+}
+
+/** Record one finished run of a job (and forget runs older than 14 days). */
+export async function recordJobRun(
+  db: Queryable,
+  run: { host: string; job: string; startedAt: Date; exitCode: number; summary: unknown; error: string | null },
+): Promise<void> {
+  await db.query(
+    `INSERT INTO qguard.job_runs (host, job, started_at, ok, exit_code, summary, error)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+    [
+      run.host,
+      run.job,
+      run.startedAt,
+      run.exitCode === 0,
+      run.exitCode,
+      run.summary === null ? null : JSON.stringify(summaryForRecord(run.summary)),
+      run.error,
+    ],
+  );
+  await db.query("DELETE FROM qguard.job_runs WHERE finished_at < now() - interval '14 days'");
 }

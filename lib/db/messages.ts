@@ -8,7 +8,7 @@
 import type pg from 'pg';
 import { type Queryable, dbError } from './connect.js';
 import { RULE_COLUMNS, type Rule, toRule } from './rules.js';
-import type { QueuedMessage, EnvelopeState, MessageState } from '../io/queue-walk.js';
+import { type EnvelopeState, type MessageState, type QueuedMessage, kindOf } from '../qmail/queued-message.js';
 import type { MessageKind } from '../qmail/received.js';
 
 /** Recipients kept per message (the counts stay exact): enough to review, bounded in size. */
@@ -197,16 +197,6 @@ function fullColumns(rows: readonly RecordRow[]): Cell[][] {
     for (let i = 0; i < row.length; i++) cols[i].push(row[i]);
   }
   return cols;
-}
-
-/**
- * The kind to record: the header's answer, with the envelope settling what the header could
- * not (a bounce cut before its marker: `#@[]` makes it a double bounce).
- */
-export function kindOf(m: Pick<QueuedMessage, 'origin' | 'sender'>): MessageKind {
-  const k = m.origin.kind;
-  if (k === 'bounce' && m.origin.chain.length === 0 && m.sender === '#@[]') return 'double-bounce';
-  return k;
 }
 
 const FULL_COLUMNS = `queue_id, line1, split, state, kind, forwarded, chain, birth, arrival, source_ip, recorded, helo,

@@ -4,7 +4,7 @@
 // qguard.messages: the candidates of a purge. Batched with unnest() arrays.
 
 import type { Queryable } from './connect.js';
-import type { MessageState } from '../io/queue-walk.js';
+import type { MessageState } from '../qmail/queued-message.js';
 import type { MessageKind } from '../qmail/received.js';
 
 /** Recipients kept per row (the counts stay exact; the envelope file has them all). */

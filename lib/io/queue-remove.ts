@@ -24,7 +24,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { TemporaryError } from '../errors.js';
-import { type QueueDirName, type QueueLayout, absPath, statMessage } from './queue-walk.js';
+import { statMessage } from './queue-walk.js';
+import { type QueueDirName, type QueueLayout, absPath } from '../qmail/queued-message.js';
 
 /** Unlink order (see the top of this file). */
 export const REMOVAL_ORDER: readonly QueueDirName[] = ['todo', 'info', 'intd', 'bounce', 'local', 'remote', 'mess'];

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import type { Config } from '../config.js';
 import { TemporaryError, errorText } from '../errors.js';
 import { type RunResult, runProgram } from '../io/run-program.js';

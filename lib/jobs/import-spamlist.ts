@@ -8,7 +8,7 @@
 // nothing valid to replace with — refuses before anything is written (exit 100).
 
 import fs from 'node:fs';
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { PermanentError, TemporaryError, UsageError, errorText } from '../errors.js';
 import { parseDuration } from '../duration.js';
 import { type Net, netFirst, netLast } from '../net/address.js';

@@ -26,12 +26,11 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { PermanentError, TemporaryError, UsageError, errorText } from '../errors.js';
 import { forTerminal } from '../text.js';
 import { formatDuration, parseDuration } from '../duration.js';
-import { parseIp, parseNet } from '../net/address.js';
-import { decide } from '../policy/decide.js';
+import { parseNet } from '../net/address.js';
 import {
   type AdminSelection,
   type Chosen,
@@ -43,14 +42,15 @@ import {
   type SourceVerdict,
   selectPurge,
 } from '../policy/purge-select.js';
-import { kindOf, markGone, rulesForIps } from '../db/messages.js';
+import { markGone } from '../db/messages.js';
+import { rulesAndVerdicts } from '../ops/verdicts.js';
+import { pruneQuarantine } from '../ops/quarantine.js';
 import {
   type CandidateRow,
   type NewQuarantineRow,
   allocateIds,
   deleteRows,
   existingIds,
-  expiredRows,
   insertRemoving,
   markMessagesGone,
   markRemoved,
@@ -59,7 +59,8 @@ import {
 } from '../db/quarantine.js';
 import type { Queryable } from '../db/connect.js';
 import { currentActor } from '../db/connect.js';
-import { type QueueLayout, type QueuedMessage, openQueue, readMessage } from '../io/queue-walk.js';
+import { openQueue, readMessage } from '../io/queue-walk.js';
+import { type QueueLayout, type QueuedMessage, kindOf } from '../qmail/queued-message.js';
 import { removeMessageFiles } from '../io/queue-remove.js';
 import {
   type QuarantineMeta,
@@ -363,19 +364,12 @@ function fromFreshRead(m: QueuedMessage): Candidate {
   };
 }
 
-/** The decision for every source IP among the candidates: the live rules of this host + decide(). */
+/** The decision for every source IP among the candidates, on this mail server. */
 async function sourceVerdicts(ctx: RunContext, db: Queryable, candidates: readonly Candidate[]): Promise<Map<string, SourceVerdict>> {
-  const ips = [...new Set(candidates.map((c) => c.sourceIp).filter((ip): ip is string => ip !== null))];
-  const rules = await rulesForIps(db, ips);
-  const prot = ctx.protectedNets();
-  const host = ctx.config.host;
+  const ips = candidates.map((c) => c.sourceIp).filter((ip): ip is string => ip !== null);
   const out = new Map<string, SourceVerdict>();
-  for (const ip of ips) {
-    const r = parseIp(ip);
-    if (!r.ok) continue;
-    // Rules scoped to another mail server do not apply here (rulesContaining's condition).
-    const mine = (rules.get(ip) ?? []).filter((x) => x.host === null || x.host === host);
-    const d = decide(r.net, mine, prot);
+  for (const [ip, v] of await rulesAndVerdicts(db, ips, ctx.protectedNets())) {
+    const d = v.on(ctx.config.host);
     out.set(ip, { decision: d.decision, protected: d.protected, rule: d.rule ? { cidr: d.rule.cidr, source: d.rule.source } : null });
   }
   return out;
@@ -732,22 +726,3 @@ function stage(
     },
   };
 }
-
-// ---------------------------------------------------------------------------------------
-// Retention
-
-/**
- * Drop this host's quarantine entries purged longer than `seconds` ago: rows first (a
- * directory without a row is removed by the next run), then their directories.
- */
-export async function pruneQuarantine(db: Queryable, host: string, seconds: number): Promise<number> {
-  const old = await expiredRows(db, host, seconds);
-  if (old.length === 0) return 0;
-  await deleteRows(
-    db,
-    old.map((o) => o.id),
-  );
-  for (const o of old) removeEntry(o.path);
-  return old.length;
-}
-

@@ -13,22 +13,24 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import type { StoredSignature } from '../db/messages.js';
 import { CopyRows, copyHostField, messageRow } from '../db/messages.js';
 import {
-  type EnvelopeState,
-  type QueueDirName,
-  type QueueLayout,
-  type QueuedMessage,
   type ReadOutcome,
   QueueChanged,
   groupDirs,
   listIds,
-  messageSignature,
   readEnvelope,
   readListedMessage,
   readMessageWith,
-  signatureReusing,
-  splitOf,
   statMessage,
 } from '../io/queue-walk.js';
+import {
+  type EnvelopeState,
+  type QueueDirName,
+  type QueueLayout,
+  type QueuedMessage,
+  messageSignature,
+  signatureReusing,
+  splitOf,
+} from '../qmail/queued-message.js';
 
 /** The files whose recorded stat may stand for a new one (see readGroup). */
 const MESS_AND_INFO: readonly QueueDirName[] = ['mess', 'info'];

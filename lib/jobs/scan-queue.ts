@@ -24,12 +24,12 @@
 
 import path from 'node:path';
 import type pg from 'pg';
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { TemporaryError } from '../errors.js';
 import type { Queryable } from '../db/connect.js';
 import { formatDuration } from '../duration.js';
-import { type Net, formatNetShort, netContains, parseIp } from '../net/address.js';
-import { decide } from '../policy/decide.js';
+import { type Net, formatNetShort, netContains } from '../net/address.js';
+import { rulesAndVerdicts } from '../ops/verdicts.js';
 import { ruleRefusal } from '../policy/guards.js';
 import { upsertRule } from '../db/rules.js';
 import {
@@ -51,23 +51,18 @@ import {
   overThreshold,
   pruneGone,
   resplit,
-  rulesForIps,
   saveScanState,
   updateEnvelopes,
   updateMessages,
 } from '../db/messages.js';
+import { dirSignature, flatDirs, groupDirs, listIds, openQueue } from '../io/queue-walk.js';
 import {
   type EnvelopeState,
   type QueueDirName,
   type QueueLayout,
   type QueuedMessage,
-  dirSignature,
-  flatDirs,
-  groupDirs,
-  listIds,
-  openQueue,
   splitOf,
-} from '../io/queue-walk.js';
+} from '../qmail/queued-message.js';
 import { type GroupResult, type GroupSink, readGroup, readGroupsInThreads, readerThreads } from './scan-queue-groups.js';
 
 /** Flags of the scan-queue command (threshold and window come through the config). */
@@ -495,20 +490,15 @@ async function denyOverThreshold(
   const over = await overThreshold(tx, config.windowSeconds, config.threshold);
   summary.overThreshold = over.length;
   if (over.length === 0) return;
-  const rules = await rulesForIps(tx, over.map((o) => o.ip));
-  const prot = ctx.protectedNets();
+  const verdicts = await rulesAndVerdicts(tx, over.map((o) => o.ip), ctx.protectedNets());
   for (const o of over) {
-    const parsed = parseIp(o.ip);
-    if (!parsed.ok) continue;
-    const ip = parsed.net;
-    const mine = rules.get(o.ip) ?? [];
+    const v = verdicts.get(o.ip);
+    if (!v) continue;
+    const ip = v.net;
     // The decision here and on every host that has a rule of its own for this address: a
     // partner trusted on one mail server is not denied for the whole fleet.
-    const hosts = [config.host, ...new Set(mine.map((r) => r.host).filter((h): h is string => h !== null && h !== config.host))];
-    const decisions = hosts.map((h) => {
-      const d = decide(ip, mine.filter((r) => r.host === null || r.host === h), prot);
-      return { host: h, decision: d.decision, rule: d.rule, protected: d.protected };
-    });
+    const hosts = [config.host, ...v.scopedHosts().filter((h) => h !== config.host)];
+    const decisions = hosts.map((h) => ({ host: h, ...v.on(h) }));
     const here = decisions[0];
     if (here.decision === 'deny' && here.rule?.host === null) {
       summary.alreadyDenied++;

@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import type pg from 'pg';
-import type { RunContext } from '../cli/run-main.js';
+import type { RunContext } from '../context.js';
 import { PermanentError, type QguardError, TemporaryError, UsageError } from '../errors.js';
 import type { Db, Queryable } from '../db/connect.js';
 import { changeCounter, expireRules, nextExpiry } from '../db/rules.js';

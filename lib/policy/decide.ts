@@ -66,3 +66,8 @@ export function decide<R extends PolicyRule>(
   }
   return { decision: best ? best.action : 'default', rule: best, protected: prot };
 }
+
+/** The rules that apply on one mail server: those for every server and those scoped to it. */
+export function rulesOnHost<R extends PolicyRule & { host: string | null }>(rules: readonly R[], host: string): R[] {
+  return rules.filter((r) => r.host === null || r.host === host);
+}

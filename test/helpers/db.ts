@@ -9,6 +9,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { resolveConfig, type Config } from '../../lib/config.js';
 import { type Db, openDb } from '../../lib/db/connect.js';
+import { lockFile } from '../../lib/io/lock.js';
 import { migrate } from '../../lib/db/migrate.js';
 import { IN_CI } from './tools.js';
 
@@ -98,7 +99,7 @@ export async function createTestDb(opts: { kind?: 'server' | 'embedded'; migrate
     stateDir,
     env,
     config,
-    open: () => openDb(config, 'qguard-test'),
+    open: () => openDb(config, 'qguard-test', lockFile),
     async drop() {
       if (dbName) {
         await admin((c) => c.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`)).catch(() => {});

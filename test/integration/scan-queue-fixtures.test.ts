@@ -5,8 +5,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QUEUE_DIRS, type QueueDirName, listIds, openQueue, readListedMessage, readMessage } from '../../lib/io/queue-walk.js';
-import { kindOf } from '../../lib/db/messages.js';
+import { listIds, openQueue, readListedMessage, readMessage } from '../../lib/io/queue-walk.js';
+import { QUEUE_DIRS, type QueueDirName, kindOf } from '../../lib/qmail/queued-message.js';
 import { parseBounceFile } from '../../lib/qmail/queue-files.js';
 import { normaliseIp } from '../../lib/qmail/received.js';
 import { FIXTURE_TIME, type Snapshot, expectedFixture, shiftMtimes, unpackFixture } from '../helpers/queue-builder.js';

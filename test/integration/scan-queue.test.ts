@@ -8,18 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  QUEUE_DIRS,
-  type QueueDirName,
-  listIds,
-  messageSignature,
-  openQueue,
-  readListedMessage,
-  readMessage,
-  readMessageWith,
-  signatureReusing,
-  statMessage,
-} from '../../lib/io/queue-walk.js';
+import { listIds, openQueue, readListedMessage, readMessage, readMessageWith, statMessage } from '../../lib/io/queue-walk.js';
+import { QUEUE_DIRS, type QueueDirName, messageSignature, signatureReusing } from '../../lib/qmail/queued-message.js';
 import {
   NO_MAILBOX,
   QueueBuilder,

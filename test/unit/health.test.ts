@@ -41,7 +41,7 @@ describe('status verdict', () => {
 
 describe('job summaries kept in the records', () => {
   it('cut long lists, keep the rest', async () => {
-    const { summaryForRecord } = await import('../../lib/cli/run-main.js');
+    const { summaryForRecord } = await import('../../lib/db/jobs.js');
     const many = Array.from({ length: 1034 }, (_, i) => ({ ip: `10.0.${i >> 8}.${i & 255}` }));
     const out = summaryForRecord({ scanned: 5, denied: ['1.2.3.4'], notDenied: many }) as { notDenied: unknown[]; denied: string[]; scanned: number };
     expect(out.scanned).toBe(5);
