@@ -12,7 +12,7 @@
 // Run (needs the local PostgreSQL server):
 //   npm run build:bench && node dist/bench/scan-queue.js   (COUNT=N, ROUNDS=N (3), KEEP=1, QUEUE=DIR to reuse one)
 
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
