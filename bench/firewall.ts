@@ -50,7 +50,7 @@ async function inside(): Promise<void> {
   process.env.PATH = `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`;
 
   const { resolveConfig } = await import('../lib/config.js');
-  const { applyFirewall } = await import('../lib/jobs/firewall.js');
+  const { applyFirewall } = await import('../lib/ops/firewall.js');
   const { parseNet } = await import('../lib/net/address.js');
   const { renderNftScript } = await import('../lib/firewall/nft-script.js');
   const { denySet, elementTexts } = await import('../lib/firewall/deny-set.js');

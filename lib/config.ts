@@ -5,9 +5,10 @@
 
 import { PermanentError, UsageError } from './errors.js';
 import { parseDuration } from './duration.js';
+import { FIREWALL_BACKENDS, type FirewallBackendName } from './firewall/backends.js';
 import { type Net, parseNet, quoteInput } from './net/address.js';
 
-export type FirewallBackend = 'none' | 'nft' | 'ipset';
+export type FirewallBackend = 'none' | FirewallBackendName;
 
 /** Everything a run needs to know, resolved. */
 export interface Config {
@@ -94,7 +95,7 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'QGUARD_DEFAULT_RULE', kind: 'string' },
   { key: 'QGUARD_MANAGE_RCPTHOSTS', kind: 'bool' },
   { key: 'QGUARD_QMAIL_NEWMRH', kind: 'path' },
-  { key: 'QGUARD_FIREWALL', kind: 'enum', values: ['none', 'nft', 'ipset'], flag: '--firewall <backend>', help: 'firewall backend: nft, ipset or none (default none)' },
+  { key: 'QGUARD_FIREWALL', kind: 'enum', values: ['none', ...FIREWALL_BACKENDS], flag: '--firewall <backend>', help: `firewall backend: ${FIREWALL_BACKENDS.join(', ')} or none (default none)` },
   { key: 'QGUARD_FIREWALL_PORTS', kind: 'ports', flag: '--ports <list>', help: 'TCP ports blocked for denied addresses (default 25,110)' },
   { key: 'QGUARD_FIREWALL_ACTION', kind: 'enum', values: ['drop', 'reject'] },
   { key: 'QGUARD_PROTECT', kind: 'nets', flag: '--protect <list>', help: 'networks never denied, added to loopback and this host (comma-separated)' },

@@ -1,14 +1,12 @@
 // `qguard firewall status|remove`: what qguard's firewall holds (backend, element counts,
 // ports, last apply, in place or missing) and how to take it out cleanly. The kernel work is
-// in lib/jobs/firewall.ts; this module decides what to say.
+// in lib/ops/firewall.ts; this module decides what to say.
 
 import path from 'node:path';
 import type { RunContext } from '../context.js';
 import { TemporaryError } from '../errors.js';
 import { lockFile } from '../io/lock.js';
-import { NFT_FAMILY, NFT_SETS, NFT_TABLE } from '../firewall/nft-script.js';
-import { IPSET_NAMES, IPT_CHAIN } from '../firewall/ipset-script.js';
-import { type KernelStatus, kernelStatus, readAppliedFirewall, removeFirewall } from '../jobs/firewall.js';
+import { type KernelStatus, describeBackend, kernelStatus, readAppliedFirewall, removeFirewall } from '../ops/firewall.js';
 
 /** Hold sync-rules' lock so a run in progress cannot re-add what we take out, or race a status. */
 async function holdSyncLock(ctx: RunContext): Promise<void> {
@@ -16,12 +14,6 @@ async function holdSyncLock(ctx: RunContext): Promise<void> {
   const lock = await lockFile(file, { waitSeconds: ctx.config.lockWaitSeconds });
   if (!lock) throw new TemporaryError(`sync-rules is still running after ${ctx.config.lockWaitSeconds}s (lock ${file})`);
   ctx.defer(() => lock.release());
-}
-
-function objectsOf(backend: 'nft' | 'ipset'): string {
-  return backend === 'nft'
-    ? `table ${NFT_FAMILY} ${NFT_TABLE}, sets ${NFT_SETS[4]}/${NFT_SETS[6]}`
-    : `ipsets ${IPSET_NAMES[4]}/${IPSET_NAMES[6]}, iptables/ip6tables chain ${IPT_CHAIN}`;
 }
 
 /** `qguard firewall status [--json]` */
@@ -50,7 +42,7 @@ export async function firewallStatus(ctx: RunContext, opts: { json?: boolean }):
     return;
   }
   const lines: string[] = [];
-  lines.push(`backend:     ${config.firewall}${config.firewall !== 'none' ? ` (${objectsOf(config.firewall)})` : ''}`);
+  lines.push(`backend:     ${config.firewall}${config.firewall !== 'none' ? ` (${describeBackend(config.firewall)})` : ''}`);
   lines.push(`blocks:      tcp ports ${config.firewallPorts.join(',')} for denied addresses, ${config.firewallAction}`);
   lines.push(
     applied

@@ -2,7 +2,7 @@
 // temporary hash:net set and swaps it in (atomic for the packets: the live set is either the
 // old one or the new one), the `iptables-restore --noflush` input for our own QGUARD chain,
 // the one jump from INPUT, and readers for `ipset list -t` and `iptables-save`. Pure: no
-// I/O; lib/jobs/firewall.ts runs the programs. Touches no chain but QGUARD and one
+// I/O; lib/io/firewall/ runs the programs. Touches no chain but QGUARD and one
 // `-A INPUT -j QGUARD` rule.
 
 import type { Family, Net } from '../net/address.js';

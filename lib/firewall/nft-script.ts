@@ -1,7 +1,7 @@
 // The nftables side of the firewall as text: the `nft -f` script that makes table
 // `inet qguard` hold exactly the deny set (one transaction: declare, flush, refill), the
 // script that removes it, and readers of nft's JSON output (is our table intact? how many
-// elements?). Pure: no I/O; lib/jobs/firewall.ts runs nft. Never names another table.
+// elements?). Pure: no I/O; lib/io/firewall/ runs nft. Never names another table.
 
 import type { Net } from '../net/address.js';
 import { type DenySet, assertSafeSet, elementTexts } from './deny-set.js';
