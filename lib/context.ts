@@ -9,7 +9,7 @@ import { type Config, protectedNets } from './config.js';
 import { LockBusy, errorText } from './errors.js';
 import type { Logger } from './log.js';
 import type { Net } from './net/address.js';
-import { type Db, currentActor, openDb } from './db/connect.js';
+import { type Db, adminUser, currentActor, openDb } from './db/connect.js';
 import { checkSchema } from './db/migrate.js';
 import { recordJobRun } from './db/jobs.js';
 import { type FileLock, lockFile } from './io/lock.js';
@@ -20,6 +20,10 @@ export interface RunContext {
   readonly command: string;
   readonly config: Config;
   readonly log: Logger;
+  /** Who acts (the admin behind sudo or the login user; the operator on the review page). */
+  readonly user: string;
+  /** How the audit trail names this actor: `alice (qguard)`, `web:alice`. */
+  readonly actor: string;
   /** The database, opened on first use; the schema is checked unless `migrating`. */
   db(opts?: { migrating?: boolean }): Promise<Db>;
   /** Loopback, QGUARD_PROTECT and this machine's addresses. */
@@ -66,11 +70,21 @@ export interface ContextInputs {
   fromCli?: (option: string) => boolean;
   /** Where print/printJson write (default stdout). */
   write?: (text: string) => void;
+  /** The actor (default: adminUser() and `USER (command)`). */
+  user?: string;
+  actor?: string;
+  /**
+   * A database opened by the creator and shared by many contexts (the review page); this
+   * context then does not close it. The actor is set on it when the context first uses it.
+   */
+  sharedDb?: Db;
 }
 
 /** A context for one run. */
 export function createContext(inputs: ContextInputs): OpenContext {
   const { command, config, log } = inputs;
+  const user = inputs.user ?? adminUser();
+  const actor = inputs.actor ?? currentActor(command);
   const write = inputs.write ?? ((text: string) => void process.stdout.write(text));
   let db: Db | null = null;
   let dbPromise: Promise<Db> | null = null;
@@ -83,12 +97,14 @@ export function createContext(inputs: ContextInputs): OpenContext {
     command,
     config,
     log,
+    user,
+    actor,
     async db(opts = {}) {
       if (!dbPromise) {
         dbPromise = (async () => {
-          const d = await openDb(config, command, lockFile);
-          db = d;
-          await d.query("SELECT set_config('qguard.actor', $1, false)", [currentActor(command)]);
+          const d = inputs.sharedDb ?? (await openDb(config, command, lockFile));
+          if (!inputs.sharedDb) db = d;
+          await d.query("SELECT set_config('qguard.actor', $1, false)", [actor]);
           return d;
         })();
       }
@@ -117,7 +133,7 @@ export function createContext(inputs: ContextInputs): OpenContext {
       if (job) job = { name: job.name, startedAt: new Date(), summary: null };
     },
     async recordRun(exitCode, error) {
-      if (!job || !db || !schemaChecked) return;
+      if (!job || !db || !schemaChecked) return; // (a shared database records no job runs)
       try {
         await recordJobRun(db as Db, { host: config.host, job: job.name, startedAt: job.startedAt, exitCode, summary: job.summary, error });
       } catch (err) {

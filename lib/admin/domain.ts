@@ -4,8 +4,6 @@ import type { RunContext } from '../context.js';
 import { PermanentError, UsageError } from '../errors.js';
 import { parseDomain } from '../net/domain.js';
 import { addDomain, listDomains, removeDomain } from '../db/domains.js';
-import { forTerminal } from '../text.js';
-import { adminUser } from '../db/connect.js';
 
 function domainArgument(text: string | undefined): string {
   const r = parseDomain(text ?? '');
@@ -21,7 +19,7 @@ export async function domainAdd(ctx: RunContext, names: string[]): Promise<void>
   const db = await ctx.db();
   await db.transaction(async (tx) => {
     for (const name of valid) {
-      const added = await addDomain(tx, name, scope, adminUser());
+      const added = await addDomain(tx, name, scope, ctx.user);
       ctx.log.info(added ? `added ${name}` : `${name} was already listed`);
     }
   });
@@ -41,13 +39,11 @@ export async function domainRemove(ctx: RunContext, names: string[]): Promise<vo
   });
 }
 
-/** `qguard domain ls [--json]` */
-export async function domainList(ctx: RunContext, opts: { json?: boolean }): Promise<void> {
+/** `qguard domain ls`: the domains, as `--json` prints them. */
+export async function domainList(ctx: RunContext) {
   const db = await ctx.db();
   const domains = await listDomains(db, ctx.fromCli('host') ? ctx.config.host : undefined);
-  if (opts.json) {
-    ctx.printJson(domains.map((d) => ({ name: d.name, host: d.host, who: d.who, createdAt: d.createdAt.toISOString() })));
-    return;
-  }
-  if (domains.length) ctx.print(domains.map((d) => `${d.name}${d.host ? ` (${forTerminal(d.host)} only)` : ''}\n`).join(''));
+  return domains.map((d) => ({ name: d.name, host: d.host, who: d.who, createdAt: d.createdAt.toISOString() }));
 }
+
+export type DomainView = Awaited<ReturnType<typeof domainList>>[number];

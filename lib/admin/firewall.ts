@@ -16,8 +16,8 @@ async function holdSyncLock(ctx: RunContext): Promise<void> {
   ctx.defer(() => lock.release());
 }
 
-/** `qguard firewall status [--json]` */
-export async function firewallStatus(ctx: RunContext, opts: { json?: boolean }): Promise<void> {
+/** `qguard firewall status`: the configuration, the last apply and what the kernel holds. */
+export async function firewallStatus(ctx: RunContext) {
   const { config } = ctx;
   const applied = readAppliedFirewall(config);
   // Look at the configured backend; with `none`, at the one a past run left behind, if any.
@@ -31,38 +31,28 @@ export async function firewallStatus(ctx: RunContext, opts: { json?: boolean }):
       kernelError = (err as Error).message;
     }
   }
-  if (opts.json) {
-    ctx.printJson({
-      backend: config.firewall,
-      ports: config.firewallPorts,
-      action: config.firewallAction,
-      lastApply: applied,
-      kernel: kernel ?? (kernelError ? { error: kernelError } : null),
-    });
-    return;
-  }
-  const lines: string[] = [];
-  lines.push(`backend:     ${config.firewall}${config.firewall !== 'none' ? ` (${describeBackend(config.firewall)})` : ''}`);
-  lines.push(`blocks:      tcp ports ${config.firewallPorts.join(',')} for denied addresses, ${config.firewallAction}`);
-  lines.push(
-    applied
-      ? `last apply:  ${applied.appliedAt} by ${applied.backend}: ${applied.v4} IPv4 + ${applied.v6} IPv6 elements, ports ${applied.ports.join(',')} ${applied.action}`
-      : 'last apply:  never (or removed)',
-  );
-  if (kernel) {
-    const counts = kernel.v4 === null && kernel.v6 === null ? '' : `: ${kernel.v4 ?? 0} IPv4 + ${kernel.v6 ?? 0} IPv6 elements`;
-    if (kernel.inPlace) lines.push(`kernel:      in place${counts}`);
-    else if (kernel.present) lines.push(`kernel:      NOT as applied (${kernel.problem})${counts}`);
-    else lines.push(`kernel:      missing (${kernel.problem})`);
-    if (config.firewall === 'none' && kernel.present) {
-      lines.push(`note:        the backend is none but the ${kernel.backend} objects are still there: run qguard firewall remove`);
-    } else if (!kernel.inPlace && config.firewall !== 'none') {
-      lines.push('note:        the next sync-rules run puts it back');
-    }
-  } else if (kernelError) {
-    lines.push(`kernel:      unable to look: ${kernelError}`);
-  }
-  ctx.print(`${lines.join('\n')}\n`);
+  return {
+    backend: config.firewall,
+    description: config.firewall !== 'none' ? describeBackend(config.firewall) : null,
+    ports: config.firewallPorts,
+    action: config.firewallAction,
+    lastApply: applied,
+    kernel,
+    kernelError,
+  };
+}
+
+export type FirewallStatusView = Awaited<ReturnType<typeof firewallStatus>>;
+
+/** `firewall status --json` (INTERFACE.md). */
+export function firewallStatusJson(v: FirewallStatusView) {
+  return {
+    backend: v.backend,
+    ports: v.ports,
+    action: v.action,
+    lastApply: v.lastApply,
+    kernel: v.kernel ?? (v.kernelError ? { error: v.kernelError } : null),
+  };
 }
 
 /** `qguard firewall remove` */

@@ -4,8 +4,7 @@
 
 import type { RunContext } from '../context.js';
 import { PermanentError, UsageError } from '../errors.js';
-import { parseDuration } from '../duration.js';
-import { type Net, formatNet, formatNetShort, isHost, parseIp, parseNet } from '../net/address.js';
+import { formatNet, formatNetShort, isHost, parseIp } from '../net/address.js';
 import { type Action, comparePrecedence, decide } from '../policy/decide.js';
 import { ruleRefusal, sourceRefusal } from '../policy/guards.js';
 import {
@@ -17,38 +16,16 @@ import {
   rulesContaining,
   upsertRule,
 } from '../db/rules.js';
-import { forTerminal } from '../text.js';
-import { adminUser } from '../db/connect.js';
+import { durationArgument, freeText, netArgument } from './args.js';
 
-/** Parse an address/CIDR argument or fail with a usage error naming it. */
-export function netArgument(text: string | undefined, what = 'address'): Net {
-  if (text === undefined || text.trim() === '') throw new UsageError(`empty ${what}`);
-  const r = parseNet(text);
-  if (!r.ok) throw new UsageError(r.error);
-  return r.net;
-}
-
-function freeText(value: string | undefined, flag: string, max: number): string | null {
-  if (value === undefined) return null;
-  if (value.includes('\0')) throw new UsageError(`${flag}: NUL byte not allowed`);
-  if (value.length > max) throw new UsageError(`${flag}: longer than ${max} characters`);
-  const t = value.trim();
-  return t === '' ? null : t;
-}
-
-function ttlArgument(value: string | undefined): number | null {
-  if (value === undefined) return null;
-  const d = parseDuration(value);
-  if ('error' in d) throw new UsageError(`--for: ${d.error}`);
-  return d.seconds;
-}
+/** A rule as `ip ls --json` prints it and the page shows it. */
+export type RuleView = ReturnType<typeof ruleJson>;
 
 export interface IpAddOptions {
   for?: string;
   reason?: string;
   source?: string;
   user?: string;
-  json?: boolean;
 }
 
 /** Scope given with --host on the command line (not QGUARD_HOST from env/file): one mail server. */
@@ -57,9 +34,9 @@ function hostScope(ctx: RunContext): string | null {
 }
 
 /** `qguard ip deny|allow|trust ADDR`. */
-export async function ipAdd(ctx: RunContext, action: Action, addr: string, opts: IpAddOptions): Promise<void> {
+export async function ipAdd(ctx: RunContext, action: Action, addr: string, opts: IpAddOptions): Promise<RuleView> {
   const net = netArgument(addr);
-  const ttlSeconds = ttlArgument(opts.for);
+  const ttlSeconds = durationArgument(opts.for, '--for');
   const source = opts.source ?? 'manual';
   const bad = sourceRefusal(source);
   if (bad) throw new UsageError(`--source: ${bad}`);
@@ -91,7 +68,7 @@ export async function ipAdd(ctx: RunContext, action: Action, addr: string, opts:
       action,
       source,
       reason,
-      who: user ?? adminUser(),
+      who: user ?? ctx.user,
       ttlSeconds,
       host: scope,
     }));
@@ -103,11 +80,11 @@ export async function ipAdd(ctx: RunContext, action: Action, addr: string, opts:
     }
   }
   ctx.log.info(`${rule.cidr} ${rule.action} (source ${rule.source}${rule.expiresAt ? `, until ${rule.expiresAt.toISOString()}` : ''})`);
-  if (opts.json) ctx.printJson(ruleJson(rule));
+  return ruleJson(rule);
 }
 
 /** `qguard ip rm ADDR [--source NAME]`: remove the rules for exactly that network. */
-export async function ipRemove(ctx: RunContext, addr: string, opts: { source?: string; json?: boolean }): Promise<void> {
+export async function ipRemove(ctx: RunContext, addr: string, opts: { source?: string }): Promise<RuleView[]> {
   const net = netArgument(addr);
   if (opts.source !== undefined) {
     const bad = sourceRefusal(opts.source);
@@ -126,24 +103,11 @@ export async function ipRemove(ctx: RunContext, addr: string, opts: { source?: s
     throw new PermanentError(`no rule for ${formatNet(net)}${opts.source ? ` of source ${opts.source}` : ''}${hint}`);
   }
   for (const r of removed) ctx.log.info(`removed ${r.cidr} ${r.action} (source ${r.source})`);
-  if (opts.json) ctx.printJson(removed.map(ruleJson));
-}
-
-function when(d: Date | null): string {
-  return d ? d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z') : 'never';
-}
-
-function describe(r: Rule): string {
-  const parts = [`${r.cidr} ${r.action}`, `source ${r.source}`];
-  if (r.who) parts.push(`by ${forTerminal(r.who)}`);
-  if (r.host) parts.push(`host ${forTerminal(r.host)}`);
-  parts.push(r.expiresAt ? `expires ${when(r.expiresAt)}` : 'no expiry');
-  if (r.reason) parts.push(`reason: ${forTerminal(r.reason)}`);
-  return parts.join(', ');
+  return removed.map(ruleJson);
 }
 
 /** `qguard ip ls [--action A] [--source S] [--json]`. */
-export async function ipList(ctx: RunContext, opts: { action?: string; source?: string; json?: boolean }): Promise<void> {
+export async function ipList(ctx: RunContext, opts: { action?: string; source?: string }): Promise<RuleView[]> {
   let action: Action | undefined;
   if (opts.action !== undefined) {
     if (!['relay', 'trust', 'deny', 'allow'].includes(opts.action)) {
@@ -161,17 +125,7 @@ export async function ipList(ctx: RunContext, opts: { action?: string; source?: 
     source: opts.source,
     host: ctx.fromCli('host') ? ctx.config.host : undefined,
   });
-  if (opts.json) {
-    ctx.printJson(rules.map(ruleJson));
-    return;
-  }
-  const lines = rules.map(
-    (r) =>
-      `${r.cidr.padEnd(20)} ${r.action.padEnd(5)} ${r.source.padEnd(16)} ${when(r.expiresAt).padEnd(20)} ${r.host ? forTerminal(r.host) : '*'}${
-        r.who ? ` ${forTerminal(r.who)}` : ''
-      }${r.reason ? ` -- ${forTerminal(r.reason)}` : ''}`,
-  );
-  if (lines.length) ctx.print(`${lines.join('\n')}\n`);
+  return rules.map(ruleJson);
 }
 
 /** What `qguard ip why` reports. */
@@ -180,8 +134,8 @@ export interface WhyReport {
   host: string;
   decision: Action | 'default';
   protected: boolean;
-  rule: ReturnType<typeof ruleJson> | null;
-  others: ReturnType<typeof ruleJson>[];
+  rule: RuleView | null;
+  others: RuleView[];
   meaning: string;
 }
 
@@ -193,7 +147,7 @@ const MEANING: Record<Action | 'default', string> = {
 };
 
 /** The decision for one address with the winning rule and every other rule that contains it. */
-export async function whyIp(ctx: RunContext, ipText: string): Promise<{ report: WhyReport; winner: Rule | null; others: Rule[] }> {
+export async function ipWhy(ctx: RunContext, ipText: string): Promise<WhyReport> {
   if (ipText === undefined || ipText.trim() === '') throw new UsageError('empty address');
   const parsed = parseIp(ipText);
   if (!parsed.ok) throw new UsageError(parsed.error);
@@ -211,21 +165,5 @@ export async function whyIp(ctx: RunContext, ipText: string): Promise<{ report: 
     others: others.map(ruleJson),
     meaning: MEANING[result.decision],
   };
-  return { report, winner: result.rule, others };
-}
-
-/** `qguard ip why IP [--json]`. */
-export async function ipWhy(ctx: RunContext, ipText: string, opts: { json?: boolean }): Promise<void> {
-  const { report, winner, others } = await whyIp(ctx, ipText);
-  if (opts.json) {
-    ctx.printJson(report);
-    return;
-  }
-  const lines = [`${report.ip}: ${report.decision} - ${report.meaning}${report.protected ? ' (protected: never denied)' : ''}`];
-  if (winner) lines.push(`  rule: ${describe(winner)}`);
-  for (const r of others) {
-    const ignored = report.protected && r.action === 'deny' ? ' (ignored: protected)' : '';
-    lines.push(`  also: ${describe(r)}${ignored}`);
-  }
-  ctx.print(`${lines.join('\n')}\n`);
+  return report;
 }

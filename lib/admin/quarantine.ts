@@ -2,32 +2,22 @@
 // way back. `restore` re-injects a message with its original envelope through qmail-queue
 // (QGUARD_QMAIL_QUEUE): the message file on descriptor 0, the envelope on descriptor 1, both
 // files opened read-only — so a partner's mail purged by mistake is delivered after all.
-// Everything printed from a message passes through forTerminal.
+// Each returns a view (plain data) for the CLI (lib/cli/render.ts) and the review page.
 
 import fs from 'node:fs';
 import path from 'node:path';
 import type { RunContext } from '../context.js';
 import { PermanentError, TemporaryError, UsageError, errorText } from '../errors.js';
-import { parseDuration } from '../duration.js';
-import { formatNet, parseNet } from '../net/address.js';
-import { currentActor } from '../db/connect.js';
 import { type QuarantineRow, getRows, listQuarantine, setRestoreState } from '../db/quarantine.js';
 import { ENTRY_FILES, readEntry } from '../io/quarantine.js';
 import { readHead } from '../io/queue-walk.js';
 import { runProgram } from '../io/run-program.js';
 import { parseQmailQueueEnvelope, qmailQueueExit } from '../qmail/qmail-queue-envelope.js';
-import { messageExcerpt } from '../qmail/message-excerpt.js';
+import { type MessageExcerpt, messageExcerpt } from '../qmail/message-excerpt.js';
 import { pruneQuarantine } from '../ops/quarantine.js';
-import { forTerminal } from '../text.js';
+import { iso, shortTime } from '../time.js';
+import { durationArgument, netFilter, positiveInt } from './args.js';
 
-
-function iso(d: Date | null): string | null {
-  return d ? d.toISOString() : null;
-}
-
-function shortTime(d: Date | null): string {
-  return d ? d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '-';
-}
 
 /** A quarantined message as JSON (INTERFACE.md: `qguard quarantine ls --json`). */
 export function quarantineJson(q: QuarantineRow) {
@@ -59,11 +49,8 @@ export function quarantineJson(q: QuarantineRow) {
   };
 }
 
-function positiveInt(value: string | undefined, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  if (!/^\d{1,9}$/.test(value) || Number(value) < 1) throw new UsageError(`${flag}: not a positive whole number: ${JSON.stringify(value.slice(0, 40))}`);
-  return Number(value);
-}
+/** A quarantine entry, as `quarantine ls --json` prints it and the page shows it. */
+export type QuarantineView = ReturnType<typeof quarantineJson>;
 
 /** Parse quarantine ids (what `quarantine ls` shows in its first column). */
 function parseIds(ids: readonly string[]): number[] {
@@ -77,39 +64,15 @@ export interface QuarantineLsOptions {
   ip?: string;
   allHosts?: boolean;
   limit?: string;
-  json?: boolean;
 }
 
-/** `qguard quarantine ls [--ip CIDR] [--all-hosts] [--limit N] [--json]`: newest first. */
-export async function quarantineList(ctx: RunContext, opts: QuarantineLsOptions): Promise<void> {
-  let net: string | undefined;
-  if (opts.ip !== undefined) {
-    const r = parseNet(opts.ip);
-    if (!r.ok) throw new UsageError(`--ip: ${r.error}`);
-    net = formatNet(r.net);
-  }
+/** `qguard quarantine ls [--ip CIDR] [--all-hosts] [--limit N]`: newest first. */
+export async function quarantineList(ctx: RunContext, opts: QuarantineLsOptions): Promise<QuarantineView[]> {
+  const net = netFilter(opts.ip);
   const limit = positiveInt(opts.limit, '--limit');
   const db = await ctx.db();
   const rows = await listQuarantine(db, { host: opts.allHosts ? null : ctx.config.host, net, limit });
-  if (opts.json) {
-    ctx.printJson(rows.map(quarantineJson));
-    return;
-  }
-  const lines = rows.map((q) =>
-    [
-      String(q.id).padStart(6),
-      shortTime(q.purgedAt),
-      q.queueId.padStart(9),
-      (q.sourceIp ?? '-').padEnd(15),
-      `<${forTerminal(q.sender)}>`,
-      q.state === 'removed' ? '' : `[${q.state}]`,
-      `-- ${forTerminal(q.reason)}`,
-      opts.allHosts ? `@${forTerminal(q.host)}` : '',
-    ]
-      .filter((p) => p !== '')
-      .join(' '),
-  );
-  if (lines.length) ctx.print(`${lines.join('\n')}\n`);
+  return rows.map(quarantineJson);
 }
 
 async function oneRow(ctx: RunContext, id: number): Promise<QuarantineRow> {
@@ -121,8 +84,16 @@ async function oneRow(ctx: RunContext, id: number): Promise<QuarantineRow> {
 
 const SHOW_BYTES = 128 * 1024;
 
-/** `qguard quarantine show ID [--lines N] [--json]`: the record, header and start of the body. */
-export async function quarantineShow(ctx: RunContext, idText: string, opts: { json?: boolean; lines?: string }): Promise<void> {
+/** A quarantined message: its record, and the excerpt of its text when the file is here. */
+export interface QuarantineShowView {
+  entry: QuarantineView & { queueState: string };
+  excerpt: MessageExcerpt | null;
+  /** Why there is no excerpt. */
+  missing: string | null;
+}
+
+/** `qguard quarantine show ID [--lines N]`: the record, header and start of the body. */
+export async function quarantineShow(ctx: RunContext, idText: string, opts: { lines?: string }): Promise<QuarantineShowView> {
   const [id] = parseIds([idText]);
   const bodyLines = positiveInt(opts.lines, '--lines') ?? 40;
   const q = await oneRow(ctx, id);
@@ -138,36 +109,22 @@ export async function quarantineShow(ctx: RunContext, idText: string, opts: { js
       missing = `the message file is missing: ${errorText(err)}`;
     }
   } else missing = `kept on ${q.host}`;
-  const ex = head ? messageExcerpt(head, size, bodyLines) : null;
-  if (opts.json) {
-    ctx.printJson({ ...quarantineJson(q), header: ex ? ex.header : null, body: ex ? ex.body : null, truncated: ex?.truncated ?? false, missing });
-    return;
-  }
-  const out = [
-    `quarantine ${q.id}   state: ${q.state}   purged: ${shortTime(q.purgedAt)}${q.who ? ` by ${forTerminal(q.who)}` : ''}   host: ${forTerminal(q.host)}`,
-    `queue id: ${q.queueId}   was: ${q.queueState}   size: ${q.size}   arrival: ${shortTime(q.arrival)}`,
-    `line 1: ${forTerminal(q.line1)}`,
-    `kind: ${q.kind}${q.forwarded ? ' (forwarded copy)' : ''}   source: ${q.sourceIp ?? 'none'}`,
-    `reason: ${forTerminal(q.reason)} (${q.policy})`,
-    `sender: <${forTerminal(q.sender)}>`,
-    ...q.pending.map((r) => `  to: <${forTerminal(r)}> pending`),
-    ...(q.pendingCount > q.pending.length ? [`  ... ${q.pendingCount} pending recipients in all`] : []),
-    ...(q.restoredAt ? [`restored: ${shortTime(q.restoredAt)} by ${forTerminal(q.restoredBy)}`] : []),
-  ];
-  if (!ex) out.push(`message: ${forTerminal(missing)}`);
-  else {
-    out.push('', ex.terminal.header, '', ex.terminal.body);
-    if (ex.terminal.note) out.push(ex.terminal.note);
-  }
-  ctx.print(`${out.join('\n')}\n`);
+  const excerpt = head ? messageExcerpt(head, size, bodyLines) : null;
+  return { entry: { ...quarantineJson(q), queueState: q.queueState }, excerpt, missing };
+}
+
+/** `quarantine show --json` (INTERFACE.md). */
+export function quarantineShowJson(v: QuarantineShowView) {
+  const { queueState: _q, ...entry } = v.entry;
+  const ex = v.excerpt;
+  return { ...entry, header: ex ? ex.header : null, body: ex ? ex.body : null, truncated: ex?.truncated ?? false, missing: v.missing };
 }
 
 export interface RestoreOptions {
   force?: boolean;
-  json?: boolean;
 }
 
-interface RestoreResult {
+export interface RestoreResult {
   id: string;
   queueId: string;
   ok: boolean;
@@ -175,16 +132,29 @@ interface RestoreResult {
   permanent: boolean;
 }
 
+/** The error a set of restore outcomes exits with (failures logged one by one), or null. */
+export function restoreVerdict(ctx: RunContext, results: RestoreResult[]): PermanentError | TemporaryError | null {
+  const failed = results.filter((r) => !r.ok);
+  if (failed.length === 0) return null;
+  if (failed.length === 1 && results.length === 1) {
+    const f = failed[0];
+    return f.permanent ? new PermanentError(`restore ${f.id}: ${f.error}`) : new TemporaryError(`restore ${f.id}: ${f.error}`);
+  }
+  for (const f of failed) ctx.log.warn(`restore ${f.id}: ${f.error}`);
+  const msg = `${failed.length} of ${results.length} restores failed`;
+  return failed.every((f) => f.permanent) ? new PermanentError(msg) : new TemporaryError(msg);
+}
+
 /**
  * `qguard quarantine restore ID... [--force]`: hand each message back to qmail-queue with its
- * original envelope. Quiet on success; failures are named one by one, the exit code is 100
- * when every failure is permanent, 111 otherwise.
+ * original envelope, noting the outcome of each. Quiet on success; restoreVerdict gives the
+ * exit: 100 when every failure is permanent, 111 otherwise.
  */
-export async function quarantineRestore(ctx: RunContext, idTexts: string[], opts: RestoreOptions): Promise<void> {
+export async function quarantineRestore(ctx: RunContext, idTexts: string[], opts: RestoreOptions): Promise<RestoreResult[]> {
   const ids = [...new Set(parseIds(idTexts))];
   const db = await ctx.db();
   const rows = new Map((await getRows(db, ids)).map((r) => [r.id, r]));
-  const who = currentActor('qguard');
+  const who = ctx.actor;
   const results: RestoreResult[] = [];
   for (const id of ids) {
     const row = rows.get(id);
@@ -197,16 +167,7 @@ export async function quarantineRestore(ctx: RunContext, idTexts: string[], opts
       results.push({ id: String(id), queueId: row?.queueId ?? '', ok: false, error: errorText(err), permanent: !(err instanceof TemporaryError) });
     }
   }
-  if (opts.json) ctx.printJson(results.map(({ permanent: _p, ...r }) => r));
-  const failed = results.filter((r) => !r.ok);
-  if (failed.length === 0) return;
-  if (failed.length === 1 && results.length === 1) {
-    const f = failed[0];
-    throw f.permanent ? new PermanentError(`restore ${f.id}: ${f.error}`) : new TemporaryError(`restore ${f.id}: ${f.error}`);
-  }
-  for (const f of failed) ctx.log.warn(`restore ${f.id}: ${f.error}`);
-  const msg = `${failed.length} of ${results.length} restores failed`;
-  throw failed.every((f) => f.permanent) ? new PermanentError(msg) : new TemporaryError(msg);
+  return results;
 }
 
 async function restoreOne(ctx: RunContext, row: QuarantineRow, who: string, force: boolean): Promise<void> {
@@ -263,15 +224,10 @@ async function restoreOne(ctx: RunContext, row: QuarantineRow, who: string, forc
 }
 
 /** `qguard quarantine prune [--older-than DUR]`: drop this host's old entries (default QGUARD_QUARANTINE_KEEP). */
-export async function quarantinePrune(ctx: RunContext, opts: { olderThan?: string; json?: boolean }): Promise<void> {
-  let seconds = ctx.config.quarantineKeepSeconds;
-  if (opts.olderThan !== undefined) {
-    const r = parseDuration(opts.olderThan);
-    if ('error' in r) throw new UsageError(`--older-than: ${r.error}`);
-    seconds = r.seconds;
-  }
+export async function quarantinePrune(ctx: RunContext, opts: { olderThan?: string }): Promise<{ pruned: number }> {
+  const seconds = durationArgument(opts.olderThan, '--older-than') ?? ctx.config.quarantineKeepSeconds;
   const db = await ctx.db();
   const pruned = await pruneQuarantine(db, ctx.config.host, seconds);
   ctx.log.info(`pruned ${pruned} quarantine entries older than ${opts.olderThan ?? 'QGUARD_QUARANTINE_KEEP'}`);
-  if (opts.json) ctx.printJson({ pruned });
+  return { pruned };
 }

@@ -4,14 +4,13 @@
 // check. A database that cannot be reached is itself CRITICAL.
 
 import type { RunContext } from '../context.js';
-import { SilentExit, errorText } from '../errors.js';
+import { errorText } from '../errors.js';
 import { jobStates, queueFigures, ruleCounts } from '../db/jobs.js';
-import { type Level, LEVEL_EXIT, ago, assess } from '../policy/health.js';
-import { forTerminal } from '../text.js';
+import { type Level, LEVEL_EXIT, assess } from '../policy/health.js';
 
-export async function status(ctx: RunContext, opts: { json?: boolean; all?: boolean }): Promise<void> {
-  const now = new Date();
-  let report: Report & { exitCode: number };
+/** The report, with the monitoring exit code the CLI ends with (the page shows the level). */
+export async function status(ctx: RunContext, opts: { all?: boolean }, now = new Date()): Promise<StatusReport> {
+  let report: StatusReport;
   try {
     const db = await ctx.db();
     const jobs = await jobStates(db);
@@ -60,50 +59,15 @@ export async function status(ctx: RunContext, opts: { json?: boolean; all?: bool
       queue: [],
     };
   }
-  if (opts.json) ctx.printJson(report);
-  else ctx.print(render(report, now));
-  if (report.exitCode !== 0) throw new SilentExit(report.exitCode);
+  return report;
 }
 
-type Report = {
+export type StatusReport = {
   level: Level;
-  exitCode?: number;
+  exitCode: number;
   hosts: string[];
   problems: { level: string; host: string; job: string; message: string }[];
   jobs: { host: string; job: string; lastRunAt: string; lastOkAt: string | null; lastFailAt: string | null; lastRunOk: boolean; lastError: string | null; lastSummary: unknown; runs: number }[];
   rules: { byAction: Record<string, number>; bySource: { action: string; source: string; count: number }[] } | null;
   queue: { host: string; messages: number; oldestAgeSeconds: number | null; scannedAt: string | null }[];
 };
-
-function since(iso: string | null, now: Date): string {
-  return iso ? `${ago((now.getTime() - Date.parse(iso)) / 1000)} ago` : 'never';
-}
-
-/** The human form: a plugin's first line, then the details. */
-function render(r: Report, now: Date): string {
-  const headline = r.problems.length ? r.problems.map((p) => p.message).join('; ') : `all jobs on ${r.hosts.join(', ')} are current`;
-  const lines = [`QGUARD ${r.level} - ${forTerminal(headline)}`];
-  if (r.jobs.length) {
-    lines.push('jobs:');
-    for (const j of r.jobs) {
-      lines.push(
-        `  ${forTerminal(j.host)} ${j.job.padEnd(15)} last ok ${since(j.lastOkAt, now)}, last failure ${since(j.lastFailAt, now)}${
-          j.lastRunOk ? '' : ' (last run failed)'
-        }, ${j.runs} runs`,
-      );
-    }
-  }
-  if (r.rules) {
-    const part = (action: string) => {
-      const src = r.rules!.bySource.filter((s) => s.action === action).map((s) => `${s.source} ${s.count}`);
-      return `${action} ${r.rules!.byAction[action]}${src.length ? ` (${src.join(', ')})` : ''}`;
-    };
-    lines.push(`rules: ${['deny', 'relay', 'trust'].map(part).join('; ')}`);
-  }
-  for (const q of r.queue) {
-    lines.push(
-      `queue: ${forTerminal(q.host)} ${q.messages} messages${q.oldestAgeSeconds !== null ? `, oldest ${ago(q.oldestAgeSeconds)}` : ''}, scanned ${since(q.scannedAt, now)}`,
-    );
-  }
-  return `${lines.join('\n')}\n`;
-}

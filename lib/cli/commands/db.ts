@@ -2,6 +2,8 @@
 
 import type { Command } from 'commander';
 import { withContext } from '../run-main.js';
+import { show } from '../output.js';
+import { renderDbStatus } from '../render.js';
 import { dbMigrate, dbStatus } from '../../admin/db.js';
 
 export function registerDb(program: Command): void {
@@ -9,9 +11,9 @@ export function registerDb(program: Command): void {
   db.command('migrate')
     .description('create or upgrade the qguard schema (idempotent)')
     .option('--json', 'print {from, to, applied} as JSON')
-    .action(withContext('qguard', (ctx, opts: { json?: boolean }) => dbMigrate(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: { json?: boolean }) => show(ctx, opts.json, await dbMigrate(ctx), () => '')));
   db.command('status')
     .description('database location, schema version, pending migrations')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, opts: { json?: boolean }) => dbStatus(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: { json?: boolean }) => show(ctx, opts.json, await dbStatus(ctx), renderDbStatus)));
 }

@@ -2,6 +2,8 @@
 
 import type { Command } from 'commander';
 import { withContext } from '../run-main.js';
+import { show } from '../output.js';
+import { renderDomains } from '../render.js';
 import { domainAdd, domainList, domainRemove } from '../../admin/domain.js';
 
 export function registerDomain(program: Command): void {
@@ -21,5 +23,5 @@ export function registerDomain(program: Command): void {
     .command('ls')
     .description('list the domains')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, opts: { json?: boolean }) => domainList(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: { json?: boolean }) => show(ctx, opts.json, await domainList(ctx), renderDomains)));
 }

@@ -2,7 +2,9 @@
 
 import type { Command } from 'commander';
 import { withContext } from '../run-main.js';
-import { firewallRemove, firewallStatus } from '../../admin/firewall.js';
+import { show } from '../output.js';
+import { renderFirewallStatus } from '../render.js';
+import { firewallRemove, firewallStatus, firewallStatusJson } from '../../admin/firewall.js';
 
 const EXAMPLES = `
 The set itself is kept by sync-rules (QGUARD_FIREWALL=nft|ipset, QGUARD_FIREWALL_PORTS,
@@ -20,7 +22,7 @@ export function registerFirewall(program: Command): void {
   fw.command('status')
     .description('backend, element counts, ports, last apply, in place or missing')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, opts: { json?: boolean }) => firewallStatus(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: { json?: boolean }) => show(ctx, opts.json, await firewallStatus(ctx), renderFirewallStatus, firewallStatusJson)));
   fw.command('remove')
     .description("take qguard's table, sets, chain and jump out of the kernel (nothing else)")
     .action(withContext('qguard', (ctx) => firewallRemove(ctx)));

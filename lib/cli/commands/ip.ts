@@ -2,6 +2,10 @@
 
 import type { Command } from 'commander';
 import { withContext } from '../run-main.js';
+import { show } from '../output.js';
+import { renderRules, renderWhy } from '../render.js';
+
+type Json = { json?: boolean };
 import { type IpAddOptions, ipAdd, ipList, ipRemove, ipWhy } from '../../admin/ip.js';
 import type { Action } from '../../policy/decide.js';
 
@@ -27,7 +31,7 @@ export function registerIp(program: Command): void {
       .option('--source <name>', 'who owns the rule: manual (default), login, scan, list:NAME, ...')
       .option('--user <name>', 'the user this is for (intranet user name) or the admin')
       .option('--json', 'print the stored rule as JSON')
-      .action(withContext('qguard', (ctx, addr: string, opts: IpAddOptions) => ipAdd(ctx, action, addr, opts)));
+      .action(withContext('qguard', async (ctx, addr: string, opts: IpAddOptions & Json) => show(ctx, opts.json, await ipAdd(ctx, action, addr, opts), () => '')));
   add('deny', 'deny', 'refuse mail from an address or network (tcp.smtp deny, firewall)');
   add('allow', 'relay', 'let an address or network relay (RELAYCLIENT)');
   add('trust', 'trust', 'never deny an address or network automatically (no relay)');
@@ -35,15 +39,15 @@ export function registerIp(program: Command): void {
     .description('remove the rules for exactly this address or network')
     .option('--source <name>', 'only the rule of this source')
     .option('--json', 'print the removed rules as JSON')
-    .action(withContext('qguard', (ctx, addr: string, opts: { source?: string; json?: boolean }) => ipRemove(ctx, addr, opts)));
+    .action(withContext('qguard', async (ctx, addr: string, opts: { source?: string } & Json) => show(ctx, opts.json, await ipRemove(ctx, addr, opts), () => '')));
   ip.command('ls')
     .description('list the live rules')
     .option('--action <action>', 'only relay (allow), trust or deny')
     .option('--source <name>', 'only this source')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, opts: { action?: string; source?: string; json?: boolean }) => ipList(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: { action?: string; source?: string } & Json) => show(ctx, opts.json, await ipList(ctx, opts), renderRules)));
   ip.command('why <ip>')
     .description('the decision for an address, the rule that makes it, and every other rule that contains it')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, addr: string, opts: { json?: boolean }) => ipWhy(ctx, addr, opts)));
+    .action(withContext('qguard', async (ctx, addr: string, opts: Json) => show(ctx, opts.json, await ipWhy(ctx, addr), renderWhy)));
 }

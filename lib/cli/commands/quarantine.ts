@@ -2,6 +2,10 @@
 
 import type { Command } from 'commander';
 import { withContext } from '../run-main.js';
+import { show } from '../output.js';
+import { renderQuarantineList, renderQuarantineShow } from '../render.js';
+
+type Json = { json?: boolean };
 import {
   type QuarantineLsOptions,
   type RestoreOptions,
@@ -9,6 +13,8 @@ import {
   quarantinePrune,
   quarantineRestore,
   quarantineShow,
+  quarantineShowJson,
+  restoreVerdict,
 } from '../../admin/quarantine.js';
 
 const EXAMPLES = `
@@ -31,20 +37,25 @@ export function registerQuarantine(program: Command): void {
     .option('--all-hosts', 'every mail server sharing the database')
     .option('--limit <n>', 'at most this many')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, opts: QuarantineLsOptions) => quarantineList(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: QuarantineLsOptions & Json) => show(ctx, opts.json, await quarantineList(ctx, opts), (v) => renderQuarantineList(v, opts))));
   q.command('show <id>')
     .description('one quarantined message: why, envelope, header and the start of the body')
     .option('--lines <n>', 'body lines to show (default 40)')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, id: string, opts: { json?: boolean; lines?: string }) => quarantineShow(ctx, id, opts)));
+    .action(withContext('qguard', async (ctx, id: string, opts: { lines?: string } & Json) => show(ctx, opts.json, await quarantineShow(ctx, id, opts), renderQuarantineShow, quarantineShowJson)));
   q.command('restore <ids...>')
     .description('re-inject messages through qmail-queue with their original envelope')
     .option('--force', 'restore again a message already restored (or whose restore was interrupted)')
     .option('--json', 'print the outcome of each as JSON')
-    .action(withContext('qguard', (ctx, ids: string[], opts: RestoreOptions) => quarantineRestore(ctx, ids, opts)));
+    .action(withContext('qguard', async (ctx, ids: string[], opts: RestoreOptions & Json) => {
+        const results = await quarantineRestore(ctx, ids, opts);
+        show(ctx, opts.json, results, () => '', (v) => v.map(({ permanent: _p, ...r }) => r));
+        const failure = restoreVerdict(ctx, results);
+        if (failure) throw failure;
+      }));
   q.command('prune')
     .description("drop this server's entries older than --older-than (default QGUARD_QUARANTINE_KEEP, 30d)")
     .option('--older-than <dur>', 'age (90s, 15m, 12h, 3d, 2w)')
     .option('--json', 'print {"pruned": N}')
-    .action(withContext('qguard', (ctx, opts: { olderThan?: string; json?: boolean }) => quarantinePrune(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: { olderThan?: string } & Json) => show(ctx, opts.json, await quarantinePrune(ctx, opts), () => '')));
 }

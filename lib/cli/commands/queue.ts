@@ -2,6 +2,10 @@
 
 import type { Command } from 'commander';
 import { withContext } from '../run-main.js';
+import { show } from '../output.js';
+import { renderQueueList, renderQueueShow, renderQueueStats, renderQueueTop } from '../render.js';
+
+type Json = { json?: boolean };
 import {
   type QueueLsOptions,
   type QueueShowOptions,
@@ -9,6 +13,7 @@ import {
   queueList,
   queueShow,
   queueStats,
+  queueShowJson,
   queueTop,
 } from '../../admin/queue.js';
 
@@ -34,22 +39,22 @@ export function registerQueue(program: Command): void {
     .option('--all-hosts', 'every mail server sharing the database')
     .option('--limit <n>', 'at most this many')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, opts: QueueLsOptions) => queueList(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: QueueLsOptions & Json) => show(ctx, opts.json, await queueList(ctx, opts), (v) => renderQueueList(v, opts))));
   queue
     .command('top')
     .description('source IPs by queued messages within --window (default QGUARD_WINDOW, 3d), every server')
     .option('--limit <n>', 'at most this many IPs (default 50)')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, opts: QueueTopOptions) => queueTop(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: QueueTopOptions & Json) => show(ctx, opts.json, await queueTop(ctx, opts), renderQueueTop, (v) => v.sources)));
   queue
     .command('show <id>')
     .description('one message from the queue: envelope, header and the start of the body')
     .option('--lines <n>', 'body lines to show (default 40)')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, id: string, opts: QueueShowOptions) => queueShow(ctx, id, opts)));
+    .action(withContext('qguard', async (ctx, id: string, opts: QueueShowOptions & Json) => show(ctx, opts.json, await queueShow(ctx, id, opts), renderQueueShow, queueShowJson)));
   queue
     .command('stats')
     .description('counts by directory (like qmail-qstat), kind, state and source')
     .option('--json', 'print as JSON')
-    .action(withContext('qguard', (ctx, opts: { json?: boolean }) => queueStats(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: Json) => show(ctx, opts.json, await queueStats(ctx), renderQueueStats)));
 }

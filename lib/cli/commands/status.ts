@@ -2,6 +2,9 @@
 
 import type { Command } from 'commander';
 import { withContext } from '../run-main.js';
+import { show } from '../output.js';
+import { renderStatus } from '../render.js';
+import { SilentExit } from '../../errors.js';
 import { status } from '../../admin/status.js';
 
 export function registerStatus(program: Command): void {
@@ -22,5 +25,10 @@ Examples:
   qguard status --all --json
   command[check_qguard]=/usr/local/bin/qguard status     # nrpe.cfg`,
     )
-    .action(withContext('qguard', (ctx, opts: { json?: boolean; all?: boolean }) => status(ctx, opts)));
+    .action(withContext('qguard', async (ctx, opts: { json?: boolean; all?: boolean }) => {
+        const now = new Date();
+        const report = await status(ctx, opts, now);
+        show(ctx, opts.json, report, (r) => renderStatus(r, now));
+        if (report.exitCode !== 0) throw new SilentExit(report.exitCode);
+      }));
 }
