@@ -9,6 +9,8 @@
 // there a server socket in this directory? the text of a service file). It does not read
 // .pgpass (that is matched lazily, only when the server asks for a password: see
 // pgpassLookup) and never connects.
+//
+// Size: libpq's connection rules (URL, keyword/value, services, PG* variables, .pgpass, defaults) are one resolution and read best together.
 
 import { parse as parseUri } from 'pg-connection-string';
 import { PermanentError } from '../errors.js';

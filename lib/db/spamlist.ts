@@ -7,6 +7,8 @@
 // batched arrays), rewrites and deletions by id in set-wise statements. No per-entry
 // statements; an unchanged list writes nothing. Every write goes through qguard.rules, so its
 // statement triggers audit each rule (one row per rule) and bump the change counter.
+//
+// Size: one set-based merge of a list into the rules, with its staging, audit and guards, in the database's terms.
 
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';

@@ -6,6 +6,8 @@
 // (lib/db/spamlist.ts). Everything that can refuse the run — HTML instead of a
 // list, an empty input, too many invalid lines, --replace dropping more than half the source,
 // nothing valid to replace with — refuses before anything is written (exit 100).
+//
+// Size: one job from stdin to the database: read, guard, diff, apply share the list's state and are read best top to bottom.
 
 import fs from 'node:fs';
 import type { RunContext } from '../context.js';

@@ -23,13 +23,15 @@
 //            than QGUARD_QUARANTINE_KEEP, record the run.
 // kill -9 anywhere leaves every removed message in the quarantine; the next run leaves the
 // queue without orphans.
+//
+// Size: one job with its safety steps (plan, stop qmail-send, repair, quarantine, remove, restart) in the order they happen.
 
 import fs from 'node:fs';
 import path from 'node:path';
 import type { RunContext } from '../context.js';
 import { PermanentError, TemporaryError, UsageError, errorText } from '../errors.js';
 import { forTerminal } from '../text.js';
-import { formatDuration, parseDuration } from '../duration.js';
+import { parseDuration } from '../duration.js';
 import { parseNet } from '../net/address.js';
 import {
   type AdminSelection,
@@ -72,9 +74,8 @@ import {
   syncPaths,
   writeEntry,
 } from '../io/quarantine.js';
-import { type FileLock, lockFile } from '../io/lock.js';
-import { runProgram, splitCommand } from '../io/run-program.js';
-import { writeFileAtomic } from '../io/atomic-write.js';
+import { readIfExists } from '../io/read-optional.js';
+import { type QmailControl, owedOnly, stopAndLock } from '../io/qmail-send.js';
 import {
   type VirtualDomains,
   parseVirtualDomains,
@@ -271,7 +272,7 @@ export async function purgeQueue(ctx: RunContext, opts: PurgeOptions): Promise<v
   const marker = path.join(config.stateDir, MARKER);
   const owed = fs.existsSync(marker);
   if (chosen.length > 0 || repairs.length > 0 || owed) {
-    const gate = chosen.length > 0 || repairs.length > 0 ? await stopAndLock(ctx, layout, plan.stopWaitSeconds, marker, owed) : await owedOnly(marker);
+    const gate = chosen.length > 0 || repairs.length > 0 ? await stopAndLock(qmailControl(ctx), layout.dir, plan.stopWaitSeconds, marker, owed) : owedOnly(qmailControl(ctx), marker);
     summary.stoppedQmail = gate.stopped;
     let failure: unknown = null;
     try {
@@ -281,7 +282,7 @@ export async function purgeQueue(ctx: RunContext, opts: PurgeOptions): Promise<v
       failure = err;
     }
     try {
-      await gate.release(ctx);
+      await gate.release();
     } catch (err) {
       if (failure === null) failure = err;
       else log.warn(errorText(err));
@@ -417,91 +418,7 @@ function dryRunList(layout: QueueLayout, chosen: readonly Chosen<Candidate>[], s
 // ---------------------------------------------------------------------------------------
 // Stopping qmail-send and holding its lock
 
-interface Gate {
-  /** We stopped qmail-send (this run or a killed earlier one) and start it on release. */
-  stopped: boolean;
-  release(ctx: RunContext): Promise<void>;
-}
-
-function commandArgv(line: string, key: string): string[] {
-  let argv: string[];
-  try {
-    argv = splitCommand(line);
-  } catch (err) {
-    throw new PermanentError(`${key}: ${errorText(err)}`);
-  }
-  if (argv.length === 0) throw new PermanentError(`${key} is empty`);
-  return argv;
-}
-
-async function runControl(ctx: RunContext, line: string, key: string): Promise<void> {
-  const argv = commandArgv(line, key);
-  ctx.log.info(`running ${key}: ${line}`);
-  await runProgram(argv[0], argv.slice(1), { timeoutMs: 120_000 });
-}
-
-async function startQmail(ctx: RunContext, marker: string): Promise<void> {
-  try {
-    await runControl(ctx, ctx.config.qmailStart, 'QGUARD_QMAIL_START');
-  } catch (err) {
-    throw new TemporaryError(`unable to start qmail-send again (${errorText(err)}): run \`${ctx.config.qmailStart}\` by hand`);
-  }
-  fs.rmSync(marker, { force: true });
-}
-
-/** Nothing to remove, but a killed run left qmail-send stopped: start it. */
-async function owedOnly(marker: string): Promise<Gate> {
-  return {
-    stopped: true,
-    async release(ctx) {
-      await startQmail(ctx, marker);
-    },
-  };
-}
-
-/**
- * Make sure qmail-send is not running and hold queue/lock/sendmutex: free → take it; held →
- * stop qmail-send and wait for it. Throws TemporaryError (exit 111) when the lock cannot be
- * had, after starting again what it stopped.
- */
-async function stopAndLock(ctx: RunContext, layout: QueueLayout, waitSeconds: number, marker: string, owed: boolean): Promise<Gate> {
-  const mutex = path.join(layout.dir, 'lock', 'sendmutex');
-  let lock: FileLock | null = await lockFile(mutex, { waitSeconds: 0, create: false });
-  let stopped = false;
-  if (!lock) {
-    // The marker first: if we are killed from here on, the next run starts qmail-send again.
-    writeFileAtomic(marker, `${new Date().toISOString()} ${ctx.config.qmailStop}\n`, { mode: 0o600 });
-    try {
-      await runControl(ctx, ctx.config.qmailStop, 'QGUARD_QMAIL_STOP');
-    } catch (err) {
-      if (!owed) fs.rmSync(marker, { force: true });
-      if (err instanceof PermanentError) throw err;
-      throw new TemporaryError(`unable to stop qmail-send: ${errorText(err)}: nothing removed`);
-    }
-    stopped = true;
-    ctx.log.info(`waiting up to ${formatDuration(waitSeconds)} for qmail-send to release ${mutex}`);
-    lock = await lockFile(mutex, { waitSeconds, create: false });
-    if (!lock) {
-      let also = '';
-      try {
-        await startQmail(ctx, marker);
-      } catch (err) {
-        also = `; ${errorText(err)}`;
-      }
-      throw new TemporaryError(
-        `qmail-send still holds ${mutex} ${formatDuration(waitSeconds)} after \`${ctx.config.qmailStop}\`: nothing removed${also}`,
-      );
-    }
-  }
-  const held = lock;
-  return {
-    stopped: stopped || owed,
-    async release(c) {
-      held.release();
-      if (stopped || owed) await startQmail(c, marker);
-    },
-  };
-}
+const qmailControl = (ctx: RunContext): QmailControl => ({ stop: ctx.config.qmailStop, start: ctx.config.qmailStart, log: ctx.log });
 
 // ---------------------------------------------------------------------------------------
 // Repair
@@ -559,13 +476,8 @@ async function repair(ctx: RunContext, db: Queryable, layout: QueueLayout, rows:
 
 function readVirtualDomains(ctx: RunContext): VirtualDomains {
   const file = path.join(ctx.config.controlDir, 'virtualdomains');
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
-    throw new TemporaryError(`unable to read ${file}: ${errorText(err)}`);
-  }
+  const text = readIfExists(file, 'utf8');
+  if (text === null) return new Map();
   const r = parseVirtualDomains(text);
   for (const p of r.problems) ctx.log.warn(`${file}: ${p}`);
   return r.map;

@@ -11,7 +11,7 @@
 import os from 'node:os';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { StoredSignature } from '../db/messages.js';
-import { CopyRows, copyHostField, messageRow } from '../db/messages.js';
+import { CopyRows, copyHostField, messageRow } from '../db/message-writer.js';
 import {
   type ReadOutcome,
   QueueChanged,

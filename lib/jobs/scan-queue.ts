@@ -21,6 +21,8 @@
 //           QGUARD_SCAN_EXEMPT and ruleRefusal(); the rest get a `deny` rule of source `scan`.
 // All of it in ONE transaction: a database failure leaves nothing half-written (exit 111);
 // --dry-run runs everything and rolls back. The queue itself is never written.
+//
+// Size: one job: the walk over the queue's groups, the batching and the auto-deny are steps of one run.
 
 import path from 'node:path';
 import type pg from 'pg';
@@ -33,34 +35,21 @@ import { rulesAndVerdicts } from '../ops/verdicts.js';
 import { ruleRefusal } from '../policy/guards.js';
 import { upsertRule } from '../db/rules.js';
 import {
-  BATCH,
-  CopyRows,
-  type RecordRow,
   type StoredSignature,
-  messageRow,
-  copyHostField,
-  copyMessages,
   countLive,
   groupsWithFlatFiles,
-  hostHasRows,
-  insertMessages,
   liveGroup,
   loadScanState,
-  markGone,
-  ownRow,
   overThreshold,
   pruneGone,
   resplit,
   saveScanState,
-  updateEnvelopes,
-  updateMessages,
 } from '../db/messages.js';
+import { MessageWriter, hostHasRows } from '../db/message-writer.js';
 import { dirSignature, flatDirs, groupDirs, listIds, openQueue } from '../io/queue-walk.js';
 import {
-  type EnvelopeState,
   type QueueDirName,
   type QueueLayout,
-  type QueuedMessage,
   splitOf,
 } from '../qmail/queued-message.js';
 import { type GroupResult, type GroupSink, readGroup, readGroupsInThreads, readerThreads } from './scan-queue-groups.js';
@@ -171,112 +160,6 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
   if (opts.json) ctx.printJson(summary);
 }
 
-/** A batch of new messages is sent when its COPY text reaches this size. */
-const COPY_BATCH_BYTES = 4 << 20;
-/** Batches that may wait for the database (memory: about IN_FLIGHT x 4 MiB of COPY text). */
-const IN_FLIGHT = 4;
-
-/**
- * Batched writes of the scan, pipelined: batches go to the database while the next ones are
- * read from the queue (PostgreSQL works on its CPU while we parse on ours). They are written
- * one after the other, in order; up to IN_FLIGHT of them may wait for their turn, so a
- * database that falls behind for a while (it shares the machine) does not stall the reading.
- * A failure surfaces at a later flush or at the end. New messages are encoded as COPY text
- * the moment they are read on a server database (nothing of them is held but bytes), and
- * kept as rows for unnest() on the embedded one.
- */
-class Writer {
-  private inserts: RecordRow[] = [];
-  private updates: { rowId: number; message: RecordRow }[] = [];
-  private envelopes: { rowId: number; envelope: EnvelopeState; sig: string }[] = [];
-  private gone: number[] = [];
-  private readonly copyRows: CopyRows | null;
-  /** The batches sent and not yet written, oldest first; each runs after the one before. */
-  private inFlight: Promise<void>[] = [];
-
-  constructor(
-    private readonly tx: Queryable,
-    private readonly host: string,
-    /** COPY on a server database; `fresh`: the host has no rows yet (see copyMessages). */
-    private readonly copy: { client: pg.Client; fresh: boolean } | null,
-  ) {
-    this.copyRows = copy ? new CopyRows(copyHostField(host)) : null;
-  }
-
-  /** Whether each message is encoded the moment it is given (then its strings need not be copies). */
-  get encodesAtOnce(): boolean {
-    return this.copyRows !== null;
-  }
-
-  insert(m: QueuedMessage): void {
-    const row = messageRow(m);
-    if (this.copyRows) this.copyRows.add(row);
-    else this.inserts.push(row);
-  }
-
-  /** New messages already encoded as COPY text (by a reader thread). */
-  insertEncoded(blocks: Buffer[], rows: number): void {
-    this.copyRows!.addEncoded(blocks, rows);
-  }
-
-  update(rowId: number, m: QueuedMessage): void {
-    this.updates.push({ rowId, message: ownRow(messageRow(m)) });
-  }
-
-  envelope(rowId: number, envelope: EnvelopeState, sig: string): void {
-    this.envelopes.push({ rowId, envelope, sig });
-  }
-
-  markGone(rowId: number): void {
-    this.gone.push(rowId);
-  }
-
-  private get size(): number {
-    return this.inserts.length + this.updates.length + this.envelopes.length + this.gone.length + (this.copyRows?.rows ?? 0);
-  }
-
-  /** Bound memory: send a full batch now (a group larger than a batch). */
-  async flushIfFull(): Promise<void> {
-    if (this.size >= BATCH || (this.copyRows?.bytes ?? 0) >= COPY_BATCH_BYTES) await this.flush();
-  }
-
-  /** Send what is buffered (after the batch in flight, if any, has finished). */
-  async flush(): Promise<void> {
-    if (this.size === 0) return;
-    const batch = {
-      inserts: this.inserts,
-      updates: this.updates,
-      envelopes: this.envelopes,
-      gone: this.gone,
-      copied: this.copyRows ? this.copyRows.take() : [],
-    };
-    this.inserts = [];
-    this.updates = [];
-    this.envelopes = [];
-    this.gone = [];
-    // Bound memory: wait for the oldest batch when IN_FLIGHT are already waiting.
-    while (this.inFlight.length >= IN_FLIGHT) await this.inFlight.shift();
-    const before = this.inFlight.at(-1) ?? Promise.resolve();
-    const p = before.then(() => this.write(batch));
-    // Handled here; the error is thrown again by settle() (or the next flush).
-    p.catch(() => {});
-    this.inFlight.push(p);
-  }
-
-  /** Wait until every batch sent is written; throw the first error. */
-  async settle(): Promise<void> {
-    while (this.inFlight.length) await this.inFlight.shift();
-  }
-
-  private async write(b: { inserts: RecordRow[]; updates: Writer['updates']; envelopes: Writer['envelopes']; gone: number[]; copied: Buffer[] }) {
-    if (b.copied.length) await copyMessages(this.copy!.client, this.tx, b.copied, this.copy!.fresh);
-    if (b.inserts.length) await insertMessages(this.tx, this.host, b.inserts);
-    if (b.updates.length) await updateMessages(this.tx, b.updates);
-    if (b.envelopes.length) await updateEnvelopes(this.tx, b.envelopes);
-    if (b.gone.length) await markGone(this.tx, b.gone);
-  }
-}
-
 /** About how many messages the groups hold: the first one's mess/ listing times their number. */
 function estimateMessages(layout: QueueLayout, groups: readonly number[]): number {
   const first = groupDirs(layout, groups[0]).find((d) => d.dir === 'mess');
@@ -370,7 +253,7 @@ async function scanInto(
   // rows a new message could collide with: no per-group lookups, COPY straight into the table.
   const copyClient = run.pgClient;
   const fresh = !(await hostHasRows(tx, host));
-  const buf = new Writer(tx, host, copyClient ? { client: copyClient, fresh } : null);
+  const buf = new MessageWriter(tx, host, copyClient ? { client: copyClient, fresh } : null);
   const sink: GroupSink = {
     insert: (m) => buf.insert(m),
     update: (rowId, m) => buf.update(rowId, m),

@@ -14,6 +14,8 @@
 //          then rename the text and the cdb into place; rcpthosts; the firewall (its failure
 //          does not stop the files: exit 111 after them). The state file is written last.
 // A database failure anywhere before apply leaves every file untouched (exit 111).
+//
+// Size: one job: check, plan, diff, guard and apply are its phases, each a function; the formats and I/O they use live in their own modules.
 
 import fs from 'node:fs';
 import path from 'node:path';

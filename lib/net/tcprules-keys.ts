@@ -19,6 +19,8 @@
 // Numbers, not objects: a million rules arrive as one Float64Array of sort keys (see
 // ruleSortKey; PostgreSQL computes the same formula) so nothing here allocates per rule beyond
 // the segment and key arrays. Pure: no I/O.
+//
+// Size: the key planner is one algorithm (paint, expand, resolve overlaps) over shared typed arrays, kept together for speed and proof.
 
 /** Action codes in decide()'s order of strength at equal prefix. */
 export const ACTION_CODE = { relay: 0, trust: 1, deny: 2 } as const;
@@ -205,7 +207,8 @@ interface Entries {
 /**
  * Paint nested CIDRs (sorted by address, then prefix, then order): inner ones override outer
  * ones; for the same network the first (strongest) counts. The result covers every address:
- * gaps get `gapCls`.
+ * gaps get `gapCls`. (lib/policy/partition.ts paints PolicyRule objects of both families for
+ * the firewall; this one stays on typed arrays of IPv4 keys for speed — see the note there.)
  */
 function paint(e: Entries, skip: ((cls: number) => boolean) | null, gapCls: number): SegmentBuilder {
   // n nested networks make at most 2n + 1 segments.

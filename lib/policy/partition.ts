@@ -27,6 +27,12 @@ function distinctNets(rules: readonly PolicyRule[]): PolicyRule[] {
 /**
  * Paint nested CIDRs: inner networks override outer ones (CIDRs never partly overlap, so a
  * stack of open networks is enough).
+ *
+ * lib/net/tcprules-keys.ts paints the same way, on purpose separately: it works on IPv4 sort
+ * keys in typed arrays (a million rules, no object per rule) and paints classes (static lines,
+ * outcome texts) rather than actions; this one takes PolicyRule objects of both families with
+ * bigint addresses, for the firewall and the tests. The property tests check each against
+ * decide() for random policies, so the two cannot drift apart unnoticed.
  */
 function paint(rules: readonly PolicyRule[]): Span[] {
   const nets = distinctNets(rules);

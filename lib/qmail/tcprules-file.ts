@@ -6,6 +6,8 @@
 // whitespace, `1.2` without a dot, leading zeros, a second range, IPv6 keys) is reported as a
 // `{line, reason}` problem, and so is an open relay (RELAYCLIENT on the default line, `=host`,
 // `=.domain` or `user@` keys: all of those are chosen by the client). Pure: no I/O.
+//
+// Size: the whole tcprules text format (parse, check, render) in one place, as tcprules(1) reads it.
 
 import type { Gran, KeyLines, StaticKey } from '../net/tcprules-keys.js';
 
