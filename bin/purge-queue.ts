@@ -14,6 +14,7 @@ Examples:
   purge-queue --ip 203.0.113.0/24 --dry-run
   purge-queue --sender '*@winbig.test'
   purge-queue --id 1491014 1491022      # exactly these (even local or relay mail)
+  * * * * * purge-queue --requests      # crontab: what operators asked for on qguard web
 
 Policies (default: denied,backscatter; an admin selection alone replaces them):
   denied       mail whose source IP's decision is now deny (scan, list or manual rule)
@@ -38,6 +39,7 @@ const program = newProgram('purge-queue', 'remove spam from the qmail queue, qua
   .option('--max <n>', 'refuse to remove more than this many in one run (default 100000)')
   .option('--force', 'over --max: remove the oldest --max messages instead of refusing')
   .option('--stop-wait <dur>', 'how long qmail-send may take to stop (default 5m)')
+  .option('--requests', "carry out the review page's purge and restore requests for this host (cron: every minute)")
   .option('--json', 'print a JSON summary on stdout')
   .addHelpText('after', EXAMPLES)
   .action(withContext('purge-queue', (ctx, opts: PurgeOptions) => purgeQueue(ctx, opts)));

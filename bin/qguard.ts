@@ -10,6 +10,7 @@ import { registerQueue } from '../lib/cli/commands/queue.js';
 import { registerQuarantine } from '../lib/cli/commands/quarantine.js';
 import { registerStatus } from '../lib/cli/commands/status.js';
 import { registerDemo } from '../lib/cli/commands/demo.js';
+import { registerWeb } from '../lib/cli/commands/web.js';
 
 const program = newProgram('qguard', 'spam blocking for qmail: IP rules, domains, queue review, quarantine, status');
 registerDb(program);
@@ -20,6 +21,7 @@ registerQueue(program);
 registerQuarantine(program);
 registerStatus(program);
 registerDemo(program);
+registerWeb(program);
 program.addHelpText(
   'after',
   `

@@ -60,6 +60,12 @@ export interface Config {
   syslog: boolean;
   /** How long to wait for the embedded database's lock before exit 111, seconds. */
   lockWaitSeconds: number;
+  /** Bytes of each queued message scan-queue keeps readable for the review page; 0: none. */
+  copyBytes: number;
+  /** `qguard web`: where it listens (HOST:PORT). */
+  webListen: string;
+  /** `qguard web`: a session ends after this long without a request, seconds. */
+  webIdleSeconds: number;
 }
 
 type Kind = 'string' | 'path' | 'bool' | 'int' | 'duration' | 'nets' | 'ports' | 'enum' | 'prefixes';
@@ -111,6 +117,9 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'QGUARD_QUARANTINE_KEEP', kind: 'duration' },
   { key: 'QGUARD_SYSLOG', kind: 'bool' },
   { key: 'QGUARD_LOCK_WAIT', kind: 'duration' },
+  { key: 'QGUARD_COPY_BYTES', kind: 'int' },
+  { key: 'QGUARD_WEB_LISTEN', kind: 'string' },
+  { key: 'QGUARD_WEB_IDLE', kind: 'duration' },
 ];
 
 const KNOWN = new Map(CONFIG_KEYS.map((k) => [k.key, k]));
@@ -312,6 +321,9 @@ export function resolveConfig(inputs: ConfigInputs): Config {
     quarantineKeepSeconds: duration('QGUARD_QUARANTINE_KEEP', 30 * 86400)!,
     syslog: bool('QGUARD_SYSLOG', false),
     lockWaitSeconds: duration('QGUARD_LOCK_WAIT', 60)!,
+    copyBytes: int('QGUARD_COPY_BYTES', 64 * 1024, 0, 16 * 1024 * 1024),
+    webListen: str('QGUARD_WEB_LISTEN', '127.0.0.1:8025').trim(),
+    webIdleSeconds: duration('QGUARD_WEB_IDLE', 30 * 60)!,
   };
 }
 

@@ -75,7 +75,7 @@ export interface ContextInputs {
   actor?: string;
   /**
    * A database opened by the creator and shared by many contexts (the review page); this
-   * context then does not close it. The actor is set on it when the context first uses it.
+   * context then does not close it, and the creator sets the audit actor around each change.
    */
   sharedDb?: Db;
 }
@@ -102,8 +102,9 @@ export function createContext(inputs: ContextInputs): OpenContext {
     async db(opts = {}) {
       if (!dbPromise) {
         dbPromise = (async () => {
-          const d = inputs.sharedDb ?? (await openDb(config, command, lockFile));
-          if (!inputs.sharedDb) db = d;
+          if (inputs.sharedDb) return inputs.sharedDb; // its owner sets the actor around each change
+          const d = await openDb(config, command, lockFile);
+          db = d;
           await d.query("SELECT set_config('qguard.actor', $1, false)", [actor]);
           return d;
         })();

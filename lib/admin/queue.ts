@@ -21,6 +21,8 @@ import { kindFilter, netFilter, positiveInt } from './args.js';
 export function messageJson(m: MessageRow) {
   return {
     id: m.id,
+    recordId: m.recordId,
+    hasCopy: m.hasCopy,
     sourceIp: m.sourceIp,
     sender: m.sender,
     recipients: m.recipients,
@@ -77,13 +79,28 @@ export async function queueList(ctx: RunContext, opts: QueueLsOptions): Promise<
 
 export interface QueueTopOptions {
   limit?: string;
+  /** The review page's narrowing: one host, one kind, one decision; order; page (from 1). */
+  host?: string;
+  kind?: string;
+  decision?: string;
+  sort?: string;
+  page?: string;
 }
+
+const SORTS = ['count', 'last', 'first', 'ip'] as const;
+const DECISIONS = ['deny', 'relay', 'trust', 'default'] as const;
+/** With a decision filter, at most this many sources are looked at (decided in memory). */
+const DECISION_SCAN = 5000;
 
 /** `queue top`: the sources, with the window and threshold they were counted against. */
 export interface QueueTopView {
   windowSeconds: number;
   threshold: number;
   sources: SourceView[];
+  /** The page shown (from 1), and whether there are more. */
+  page: number;
+  more: boolean;
+  filters: { host: string | null; kind: string | null; decision: string | null; sort: string };
 }
 
 export interface SourceView {
@@ -104,11 +121,24 @@ export interface SourceView {
 /** `qguard queue top [--limit N]`: the screen an admin reads before denying. */
 export async function queueTop(ctx: RunContext, opts: QueueTopOptions): Promise<QueueTopView> {
   const limit = positiveInt(opts.limit, '--limit') ?? 50;
+  const page = positiveInt(opts.page, 'page') ?? 1;
+  const sort = (opts.sort ?? 'count') as (typeof SORTS)[number];
+  if (!SORTS.includes(sort)) throw new UsageError(`sort: one of ${SORTS.join(', ')}: ${JSON.stringify(String(opts.sort).slice(0, 40))}`);
+  const decision = opts.decision || null;
+  if (decision !== null && !(DECISIONS as readonly string[]).includes(decision)) {
+    throw new UsageError(`decision: one of ${DECISIONS.join(', ')}: ${JSON.stringify(decision.slice(0, 40))}`);
+  }
+  const { kind } = kindFilter(opts.kind || undefined);
+  const host = opts.host || null;
   const windowSeconds = ctx.config.windowSeconds;
   const db = await ctx.db();
-  const top = await topSources(db, windowSeconds, limit);
+  // One more than a page tells whether there is a next one.
+  const top =
+    decision === null
+      ? await topSources(db, windowSeconds, limit + 1, { host: host ?? undefined, kind, sort, offset: (page - 1) * limit })
+      : await topSources(db, windowSeconds, DECISION_SCAN, { host: host ?? undefined, kind, sort });
   const verdicts = await rulesAndVerdicts(db, top.map((t) => t.ip), ctx.protectedNets());
-  const sources = top.map((t): SourceView => {
+  let sources = top.map((t): SourceView => {
     const v = verdicts.get(t.ip);
     const d = v ? v.on(ctx.config.host) : { decision: 'default' as const, rule: null, protected: false };
     const exempt = v ? ctx.config.scanExempt.find((n) => netContains(n, v.net)) : undefined;
@@ -127,7 +157,16 @@ export async function queueTop(ctx: RunContext, opts: QueueTopOptions): Promise<
       lastArrival: iso(t.lastArrival),
     };
   });
-  return { windowSeconds, threshold: ctx.config.threshold, sources };
+  if (decision !== null) sources = sources.filter((s) => s.decision === decision).slice((page - 1) * limit);
+  const more = sources.length > limit;
+  return {
+    windowSeconds,
+    threshold: ctx.config.threshold,
+    sources: sources.slice(0, limit),
+    page,
+    more,
+    filters: { host, kind: opts.kind || null, decision, sort },
+  };
 }
 
 export interface QueueShowOptions {

@@ -184,7 +184,19 @@ export interface TopRow {
 }
 
 /** Source IPs by queued-message count within the window, over every host. */
-export async function topSources(db: Queryable, windowSeconds: number, limit: number): Promise<TopRow[]> {
+/** How `topSources` may narrow and order the sources (the review page's table). */
+export interface TopOptions {
+  /** Only messages queued on this host. */
+  host?: string;
+  kind?: MessageKind;
+  /** Skip this many sources (pages). */
+  offset?: number;
+  sort?: 'count' | 'last' | 'first' | 'ip';
+}
+
+const TOP_ORDER = { count: 'count(*) DESC, source_ip', last: 'max(arrival) DESC, source_ip', first: 'min(arrival), source_ip', ip: 'source_ip' };
+
+export async function topSources(db: Queryable, windowSeconds: number, limit: number, opts: TopOptions = {}): Promise<TopRow[]> {
   const r = await db.query<{
     ip: string;
     n: number;
@@ -195,7 +207,8 @@ export async function topSources(db: Queryable, windowSeconds: number, limit: nu
     sample: string | null;
   }>(
     `WITH c AS (
-       SELECT * FROM qguard.messages WHERE ${COUNTED}
+       SELECT source_ip, host, kind, arrival, subject FROM qguard.messages WHERE ${COUNTED}
+          AND ($3::text IS NULL OR host = $3) AND ($4::text IS NULL OR kind = $4)
      )
      SELECT host(source_ip) AS ip, count(*)::int AS n, array_agg(DISTINCT host ORDER BY host) AS hosts,
             (SELECT jsonb_object_agg(kind, k) FROM (SELECT kind, count(*)::int AS k FROM c c2
@@ -204,9 +217,9 @@ export async function topSources(db: Queryable, windowSeconds: number, limit: nu
             (array_agg(subject ORDER BY arrival DESC) FILTER (WHERE subject IS NOT NULL AND subject <> ''))[1] AS sample
        FROM c
       GROUP BY source_ip
-      ORDER BY count(*) DESC, source_ip
-      LIMIT $2`,
-    [windowSeconds, limit],
+      ORDER BY ${TOP_ORDER[opts.sort ?? 'count']}
+      LIMIT $2 OFFSET $5`,
+    [windowSeconds, limit, opts.host ?? null, opts.kind ?? null, opts.offset ?? 0],
   );
   return r.rows.map((row) => ({
     ip: row.ip,
@@ -221,6 +234,10 @@ export async function topSources(db: Queryable, windowSeconds: number, limit: nu
 
 /** A recorded message, as `qguard queue ls` shows it. */
 export interface MessageRow {
+  /** qguard.messages.id: the review page's handle on the record. */
+  recordId: number;
+  /** scan-queue kept a readable copy (lib/ops/message-copies.ts). */
+  hasCopy: boolean;
   host: string;
   id: string;
   line1: string;
@@ -257,6 +274,11 @@ export interface MessageFilter {
   /** Include messages no longer in the queue. */
   includeGone?: boolean;
   limit?: number;
+  offset?: number;
+  /** Only the message with this record id (qguard.messages.id). */
+  recordId?: number;
+  /** Newest first (default: oldest first, like qmail-qread). */
+  newestFirst?: boolean;
 }
 
 /** Recorded messages, oldest arrival first. */
@@ -276,20 +298,31 @@ export async function listMessages(db: Queryable, f: MessageFilter): Promise<Mes
     params.push(f.kind);
     where.push(`kind = $${params.length}`);
   }
+  if (f.recordId !== undefined) {
+    params.push(f.recordId);
+    where.push(`id = $${params.length}`);
+  }
   let limit = '';
   if (f.limit) {
     params.push(f.limit);
     limit = `LIMIT $${params.length}`;
   }
+  if (f.offset) {
+    params.push(f.offset);
+    limit += ` OFFSET $${params.length}`;
+  }
   const r = await db.query<Record<string, unknown>>(
-    `SELECT host, queue_id::text AS qid, line1, state, kind, forwarded, chain, birth, arrival, host(source_ip) AS ip,
+    `SELECT id::text AS rid, host, queue_id::text AS qid, line1, state, kind, forwarded, chain, birth, arrival, host(source_ip) AS ip,
             source_recorded, helo, remote_host, remote_info, sender, recipients, pending, rcpt_count, pending_count,
-            bounce_pending, size, subject, problems, first_seen, gone_at
-       FROM qguard.messages ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-      ORDER BY arrival, queue_id ${limit}`,
+            bounce_pending, size, subject, problems, first_seen, gone_at,
+            EXISTS (SELECT 1 FROM qguard.message_copies c WHERE c.message_id = m.id) AS has_copy
+       FROM qguard.messages m ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+      ORDER BY ${f.newestFirst ? 'arrival DESC, queue_id DESC' : 'arrival, queue_id'} ${limit}`,
     params,
   );
   return r.rows.map((row) => ({
+    recordId: Number(row.rid),
+    hasCopy: Boolean(row.has_copy),
     host: row.host as string,
     id: row.qid as string,
     line1: row.line1 as string,

@@ -34,3 +34,23 @@ export async function checkCdbAnswers(tcprulescheck: string, cdb: string, ips: r
     }),
   );
 }
+
+/**
+ * The cdb's answer for one address as tcprulescheck gives it: the key that matched (`rule
+ * 203.0.113.:` → `203.0.113.`; null for the default) and the instructions. Null when the cdb
+ * or tcprulescheck cannot be used here.
+ */
+export async function cdbAnswer(tcprulescheck: string, cdb: string, ip: string): Promise<{ key: string | null; lines: string[] } | null> {
+  try {
+    const r = await runProgram(tcprulescheck, [cdb], {
+      timeoutMs: 10_000,
+      env: { TCPREMOTEIP: ip, TCPREMOTEHOST: undefined, TCPREMOTEINFO: undefined },
+    });
+    const lines = r.stdout.split('\n').filter((l) => l !== '');
+    const head = lines[0] ?? '';
+    const m = /^rule (.*):$/.exec(head);
+    return { key: m ? m[1] : null, lines: lines.slice(m || head === 'default:' ? 1 : 0) };
+  } catch {
+    return null;
+  }
+}

@@ -45,6 +45,7 @@ import {
   selectPurge,
 } from '../policy/purge-select.js';
 import { markGone } from '../db/messages.js';
+import { keepCopyWithQuarantine } from '../db/web.js';
 import { rulesAndVerdicts } from '../ops/verdicts.js';
 import { pruneQuarantine } from '../ops/quarantine.js';
 import {
@@ -97,6 +98,8 @@ export interface PurgeOptions {
   force?: boolean;
   /** How long to wait for qmail-send to let go of its lock after the stop command. */
   stopWait?: string;
+  /** Carry out the review page's requests (purge an IP's messages, restore) instead. */
+  requests?: boolean;
 }
 
 /** One message a dry run would remove. */
@@ -136,7 +139,7 @@ export interface PurgeSummary {
 }
 
 /** The selection a run works with, from the flags. */
-interface PurgePlan {
+export interface PurgePlan {
   dryRun: boolean;
   policies: PurgePolicy[];
   olderThanSeconds: number | null;
@@ -209,10 +212,19 @@ interface Candidate extends PurgeRecord {
 
 /** Run purge-queue. */
 export async function purgeQueue(ctx: RunContext, opts: PurgeOptions): Promise<void> {
-  const started = performance.now();
+  if (opts.requests) return (await import('./purge-requests.js')).purgeRequests(ctx, opts);
   const plan = parsePurgeOptions(opts);
-  const { config, log } = ctx;
   await ctx.jobLock('purge-queue', { record: !plan.dryRun });
+  await purgeWith(ctx, plan, opts);
+}
+
+/**
+ * One purge with the job lock held: plan, then (not a dry run) stop qmail-send, repair,
+ * quarantine and remove, start it again, prune the quarantine. Returns the summary.
+ */
+export async function purgeWith(ctx: RunContext, plan: PurgePlan, opts: PurgeOptions): Promise<PurgeSummary> {
+  const started = performance.now();
+  const { config, log } = ctx;
   const layout = openQueue(path.resolve(config.queueDir));
   const db = await ctx.db();
   const summary: PurgeSummary = {
@@ -262,7 +274,7 @@ export async function purgeQueue(ctx: RunContext, opts: PurgeOptions): Promise<v
     summary.messages = dryRunList(layout, chosen, summary);
     finish(ctx, summary, started, opts);
     if (!opts.json) printPlan(ctx, summary);
-    return;
+    return summary;
   }
 
   // ---- repair, apply
@@ -293,6 +305,7 @@ export async function purgeQueue(ctx: RunContext, opts: PurgeOptions): Promise<v
   // ---- retention
   summary.pruned = await pruneQuarantine(db, config.host, config.quarantineKeepSeconds);
   finish(ctx, summary, started, opts);
+  return summary;
 }
 
 function finish(ctx: RunContext, summary: PurgeSummary, started: number, opts: PurgeOptions): void {
@@ -515,6 +528,11 @@ async function removeAll(
     await insertRemoving(
       db,
       staged.map((s) => s.row),
+    );
+    // The readable copy (the review page's) goes with the quarantine entry.
+    await keepCopyWithQuarantine(
+      db,
+      staged.flatMap((s) => (s.choice.record.rowId !== null ? [{ messageId: s.choice.record.rowId, quarantineId: s.qid }] : [])),
     );
     summary.quarantined += staged.length;
     const touched = new Set<string>();

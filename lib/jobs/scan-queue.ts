@@ -46,6 +46,7 @@ import {
   saveScanState,
 } from '../db/messages.js';
 import { MessageWriter, hostHasRows } from '../db/message-writer.js';
+import { keepCopies } from '../ops/message-copies.js';
 import { dirSignature, flatDirs, groupDirs, listIds, openQueue } from '../io/queue-walk.js';
 import {
   type QueueDirName,
@@ -95,7 +96,9 @@ export interface ScanSummary {
   split: number;
   pruned: number;
   /** Where the time went (ms): directory look, listing, stat, reading and parsing, waiting for the database, counting and denying. */
-  phasesMs: { look: number; list: number; stat: number; read: number; db: number; count: number };
+  phasesMs: { look: number; list: number; stat: number; read: number; db: number; count: number; copy: number };
+  /** Readable copies written for the review page (QGUARD_COPY_BYTES). */
+  copied: number;
 }
 
 /** Thrown inside the transaction to roll a dry run back (a TemporaryError passes through the db layer untouched). */
@@ -134,6 +137,11 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
   } catch (err) {
     if (!(err instanceof DryRunRollback)) throw err;
     summary = err.summary;
+  }
+  if (!dryRun) {
+    const t0 = performance.now();
+    summary.copied = await keepCopies(ctx, db, layout);
+    summary.phasesMs.copy += performance.now() - t0;
   }
   if (!dryRun && summary.new >= VACUUM_AFTER) {
     // A large load (a host's first scan): mark the new rows all-visible now, as autovacuum
@@ -193,7 +201,8 @@ async function scanInto(
     groupsRead: 0,
     split: layout.split,
     pruned: 0,
-    phasesMs: { look: 0, list: 0, stat: 0, read: 0, db: 0, count: 0 },
+    phasesMs: { look: 0, list: 0, stat: 0, read: 0, db: 0, count: 0, copy: 0 },
+    copied: 0,
   };
   const ms = summary.phasesMs;
   const lookStart = performance.now();
