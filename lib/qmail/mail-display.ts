@@ -49,7 +49,9 @@ async function sanitize(html: string): Promise<string> {
     transformTags: {
       a: (_tag, attribs) => {
         const shown: Record<string, string> = {};
-        if (attribs.href) shown.title = `link to ${attribs.href.slice(0, 500)}`;
+        const href = (attribs.href ?? '').trim();
+        if (/^(https?|mailto):/i.test(href)) shown.title = `link to ${href.slice(0, 500)}`;
+        else if (href !== '') shown.title = 'a link of another kind (not shown)';
         return { tagName: 'a', attribs: shown };
       },
       img: (_tag, attribs) => {

@@ -264,7 +264,7 @@ export function rawPage(title: string, raw: string, p: PageContext): string {
 
 /** The HTML part alone, for the sandboxed iframe (served with its own CSP). */
 export function htmlPartDocument(sanitized: string): string {
-  return `<!doctype html><html><head><meta charset="utf-8"><meta name="referrer" content="no-referrer"><base target="_self"></head><body>${sanitized}</body></html>`;
+  return `<!doctype html><html><head><meta charset="utf-8"><meta name="referrer" content="no-referrer"></head><body>${sanitized}</body></html>`;
 }
 
 // ---- rules

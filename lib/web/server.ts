@@ -55,7 +55,7 @@ export interface WebServerInputs {
 
 /** The app pages' policy: nothing but our own style sheet, our own frames and forms. */
 export const APP_CSP =
-  "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+  "default-src 'none';style-src 'self';script-src 'self';img-src 'self';frame-src 'self';form-action 'self';frame-ancestors 'none';base-uri 'none'";
 /** The HTML part of a message, alone in its sandboxed iframe: inline style and data: images only. */
 export const PART_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; frame-ancestors 'self'; base-uri 'none'";
 
