@@ -71,7 +71,8 @@ function headerOf(text: string): string {
 }
 
 export async function displayMail(data: Buffer, opts: { truncated: boolean; size: number }): Promise<MailDisplay> {
-  const raw = decodeBytes(data);
+  // CR LF line ends are line ends; a lone CR stays visible (\r).
+  const raw = decodeBytes(data).replace(/\r\n/g, '\n');
   const notes: string[] = [];
   if (opts.truncated) notes.push(`the copy holds the first ${data.length} of ${opts.size} bytes: parts past that are missing`);
   const out: MailDisplay = {

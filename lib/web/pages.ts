@@ -41,7 +41,7 @@ export function layout(title: string, p: PageContext, body: Html): string {
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
+<meta name="referrer" content="same-origin">
 <title>${title} - qguard</title>
 <link rel="stylesheet" href="/static/qguard.css">
 </head>

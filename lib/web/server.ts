@@ -104,6 +104,17 @@ function one(v: unknown, name: string): string | undefined {
   return v;
 }
 
+/** The Origin of a POST names this server (as the browser reached it, or through the proxy). */
+function sameOrigin(origin: string, req: FastifyRequest): boolean {
+  let o: URL;
+  try {
+    o = new URL(origin);
+  } catch {
+    return false;
+  }
+  return o.host === (req.headers.host ?? '') || o.host === req.host;
+}
+
 type Session = { user: string; csrf: string; tokenHash: string };
 
 declare module 'fastify' {
@@ -192,7 +203,9 @@ export async function buildWebApp(inputs: WebServerInputs): Promise<FastifyInsta
       },
     },
     strictTransportSecurity: inputs.tls ? { maxAge: 15552000 } : false,
-    referrerPolicy: { policy: 'no-referrer' },
+    // same-origin: no referrer ever leaves the site, and the browser still sends a real Origin with
+    // our own forms (with no-referrer it sends "Origin: null").
+    referrerPolicy: { policy: 'same-origin' },
     crossOriginEmbedderPolicy: false,
   });
   await app.register((await import('@fastify/cookie')).default);
@@ -220,11 +233,11 @@ export async function buildWebApp(inputs: WebServerInputs): Promise<FastifyInsta
         return sendPage(reply, pages.errorPage(413, `too many form fields (at most ${MAX_FIELDS})`, pageCtx(req)), 413);
       }
       const origin = req.headers.origin;
-      if (origin !== undefined && origin !== `${req.protocol}://${req.host}`) {
+      if (origin !== undefined && !sameOrigin(origin, req)) {
         return sendPage(reply, pages.errorPage(403, 'the form came from another site: refused', pageCtx(req)), 403);
       }
     }
-    if (url === '/login' || url.startsWith('/login?')) return;
+    if (url === '/login' || url.startsWith('/login?') || url === '/favicon.ico') return;
     const raw = req.cookies[COOKIE];
     if (raw) {
       const db = await getDb();
@@ -263,9 +276,13 @@ export async function buildWebApp(inputs: WebServerInputs): Promise<FastifyInsta
   };
 
   // ---- login
+  app.get('/favicon.ico', async (_req, reply) => reply.code(204).send());
   app.get('/login', async (req, reply) => {
     const next = one((req.query as Record<string, unknown>).next, 'next') ?? '/';
-    const loginToken = token();
+    // Keep a token already given: another tab (or the browser's /favicon.ico, sent here too)
+    // must not make the form on screen stale.
+    const have = req.cookies[LOGIN_COOKIE];
+    const loginToken = have && /^[A-Za-z0-9_-]{43}$/.test(have) ? have : token();
     reply.setCookie(LOGIN_COOKIE, loginToken, { ...cookieOpts(req), maxAge: 600 });
     return sendPage(reply, pages.loginPage({ ...pageCtx(req), user: null, csrf: null, next, loginToken }));
   });
