@@ -30,7 +30,7 @@ beforeAll(async () => {
 beforeEach(async () => {
   const c = await db.open();
   try {
-    await c.exec('TRUNCATE qguard.messages, qguard.queue_scans; DELETE FROM qguard.rules;');
+    await c.exec('TRUNCATE qguard.message_copies, qguard.messages, qguard.queue_scans; DELETE FROM qguard.rules;');
   } finally {
     await c.close();
   }
