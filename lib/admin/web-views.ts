@@ -56,8 +56,13 @@ export function requestJson(r: Awaited<ReturnType<typeof listRequests>>[number])
 /** One address: `ip why`, the tcprules key it meets, the firewall, its queued messages. */
 export async function ipPage(ctx: RunContext, ipText: string) {
   const why = await ipWhy(ctx, ipText);
-  const messages = await queueList(ctx, { ip: why.ip, allHosts: true, limit: '5000' });
-  const tcprules = await cdbAnswer(ctx.config.tcprulescheck, ctx.config.rulesCdb, why.ip);
+  // tcprulescheck runs while the database lists the messages.
+  const answer = cdbAnswer(ctx.config.tcprulescheck, ctx.config.rulesCdb, why.ip);
+  const messages = await queueList(ctx, { ip: why.ip, allHosts: true, limit: '5000' }).catch(async (err) => {
+    await answer.catch(() => {});
+    throw err;
+  });
+  const tcprules = await answer;
   const applied = readAppliedFirewallSafe(ctx);
   const db = await ctx.db();
   const requests = (await listRequests(db, { limit: 200 })).filter((r) => r.network !== null && netHas(r.network, why.ip)).map(requestJson);

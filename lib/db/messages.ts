@@ -194,9 +194,16 @@ export interface TopOptions {
   sort?: 'count' | 'last' | 'first' | 'ip';
 }
 
-const TOP_ORDER = { count: 'count(*) DESC, source_ip', last: 'max(arrival) DESC, source_ip', first: 'min(arrival), source_ip', ip: 'source_ip' };
+const TOP_ORDER = { count: 'total DESC, source_ip', last: 'last_at DESC, source_ip', first: 'first_at, source_ip', ip: 'source_ip' };
 
+/*
+ * Two steps, so that a 100,000-message queue costs one pass: count per (IP, kind) and fold that
+ * per IP, order and cut the page; only then, for the page's few IPs, their hosts and latest
+ * subject, each from the messages_count index (one IP's messages, newest first).
+ */
 export async function topSources(db: Queryable, windowSeconds: number, limit: number, opts: TopOptions = {}): Promise<TopRow[]> {
+  const filters = `${COUNTED} AND ($3::text IS NULL OR host = $3) AND ($4::text IS NULL OR kind = $4)`;
+  const order = TOP_ORDER[opts.sort ?? 'count'];
   const r = await db.query<{
     ip: string;
     n: number;
@@ -206,19 +213,21 @@ export async function topSources(db: Queryable, windowSeconds: number, limit: nu
     last: Date;
     sample: string | null;
   }>(
-    `WITH c AS (
-       SELECT source_ip, host, kind, arrival, subject FROM qguard.messages WHERE ${COUNTED}
-          AND ($3::text IS NULL OR host = $3) AND ($4::text IS NULL OR kind = $4)
+    `WITH g AS (
+       SELECT source_ip, kind, count(*)::int AS n, min(arrival) AS first_at, max(arrival) AS last_at
+         FROM qguard.messages WHERE ${filters} GROUP BY source_ip, kind
+     ), t AS (
+       SELECT source_ip, sum(n)::int AS total, jsonb_object_agg(kind, n) AS kinds, min(first_at) AS first_at, max(last_at) AS last_at
+         FROM g GROUP BY source_ip ORDER BY ${order} LIMIT $2 OFFSET $5
      )
-     SELECT host(source_ip) AS ip, count(*)::int AS n, array_agg(DISTINCT host ORDER BY host) AS hosts,
-            (SELECT jsonb_object_agg(kind, k) FROM (SELECT kind, count(*)::int AS k FROM c c2
-                                                     WHERE c2.source_ip = c.source_ip GROUP BY kind) x) AS kinds,
-            min(arrival) AS first, max(arrival) AS last,
-            (array_agg(subject ORDER BY arrival DESC) FILTER (WHERE subject IS NOT NULL AND subject <> ''))[1] AS sample
-       FROM c
-      GROUP BY source_ip
-      ORDER BY ${TOP_ORDER[opts.sort ?? 'count']}
-      LIMIT $2 OFFSET $5`,
+     SELECT host(t.source_ip) AS ip, t.total AS n, h.hosts, t.kinds, t.first_at AS first, t.last_at AS last, s.sample
+       FROM t
+       CROSS JOIN LATERAL (SELECT array_agg(DISTINCT m.host ORDER BY m.host) AS hosts FROM qguard.messages m
+                            WHERE m.source_ip = t.source_ip AND ${filters}) h
+       LEFT JOIN LATERAL (SELECT m.subject AS sample FROM qguard.messages m
+                           WHERE m.source_ip = t.source_ip AND ${filters} AND m.subject IS NOT NULL AND m.subject <> ''
+                           ORDER BY m.arrival DESC LIMIT 1) s ON true
+      ORDER BY ${order}`,
     [windowSeconds, limit, opts.host ?? null, opts.kind ?? null, opts.offset ?? 0],
   );
   return r.rows.map((row) => ({

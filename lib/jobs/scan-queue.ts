@@ -140,7 +140,7 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
   }
   if (!dryRun) {
     const t0 = performance.now();
-    summary.copied = await keepCopies(ctx, db, layout);
+    summary.copied = await keepCopies(ctx, db, layout, t0 - started);
     summary.phasesMs.copy += performance.now() - t0;
   }
   if (!dryRun && summary.new >= VACUUM_AFTER) {

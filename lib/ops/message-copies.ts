@@ -6,8 +6,8 @@
 // this host's copies of queued messages (quarantined ones stay with their entry).
 
 import type { RunContext } from '../context.js';
-import type { Queryable } from '../db/connect.js';
-import { dropCopies, messagesWithoutCopy, storeCopies } from '../db/web.js';
+import type { Db } from '../db/connect.js';
+import { type NewCopy, dropCopies, messagesWithoutCopy, storeCopies } from '../db/web.js';
 import { readHead } from '../io/queue-walk.js';
 import { type QueueLayout, absPath } from '../qmail/queued-message.js';
 import { rulesAndVerdicts } from './verdicts.js';
@@ -15,21 +15,32 @@ import { rulesAndVerdicts } from './verdicts.js';
 /** Messages looked at per batch, and at most per run (the rest wait for the next minute). */
 const BATCH = 2000;
 const PER_RUN = 50_000;
+/**
+ * The copies' share of a run: they stop after 15% of the time the scan itself took, or after
+ * MIN_BUDGET_MS when the scan was quicker. Counting (and so denying) must not wait for a
+ * convenience: a queue's first scan of 100,000 messages gets its copies over the next minutes
+ * (newest first), a busy server's new messages of the minute in the same run.
+ */
+export const COPY_SHARE = 0.15;
+const MIN_BUDGET_MS = 1000;
 
-/** Copy what is missing; returns how many copies were written. */
-export async function keepCopies(ctx: RunContext, db: Queryable, layout: QueueLayout): Promise<number> {
+/** Copy what is missing, newest first, within the run's budget; returns how many copies were written. */
+export async function keepCopies(ctx: RunContext, db: Db, layout: QueueLayout, scanMs: number): Promise<number> {
   const { host, copyBytes } = ctx.config;
   if (copyBytes === 0) {
     await dropCopies(db, host);
     return 0;
   }
+  const until = performance.now() + Math.max(MIN_BUDGET_MS, COPY_SHARE * scanMs);
   let copied = 0;
-  for (let seen = 0; seen < PER_RUN; ) {
-    const todo = await messagesWithoutCopy(db, host, BATCH);
+  let before: number | undefined;
+  for (let seen = 0; seen < PER_RUN && performance.now() < until; ) {
+    const todo = await messagesWithoutCopy(db, host, BATCH, before);
     if (todo.length === 0) break;
     seen += todo.length;
+    before = todo[todo.length - 1].id;
     const verdicts = await rulesAndVerdicts(db, [...new Set(todo.map((t) => t.sourceIp))], ctx.protectedNets());
-    const copies: { messageId: number; data: Buffer; size: number; truncated: boolean }[] = [];
+    const copies: NewCopy[] = [];
     const skipped: number[] = [];
     for (const t of todo) {
       const d = verdicts.get(t.sourceIp)?.on(host).decision ?? 'default';

@@ -68,6 +68,10 @@ const FAIL_WINDOW_SECONDS = 15 * 60;
 const FAIL_PER_USER = 5;
 const FAIL_PER_IP = 20;
 const MAX_FIELDS = 40;
+/** Database connections the page keeps open at most (each lent to one request at a time). */
+const DB_CONNECTIONS = 4;
+/** How long operators share one computed queue table (see sharedView). */
+const SHARED_VIEW_MS = 3000;
 
 const NOTICES: Record<string, string> = {
   deny: 'Denied. sync-rules writes it to tcp.smtp (and the firewall) within a minute.',
@@ -144,27 +148,89 @@ export async function buildWebApp(inputs: WebServerInputs): Promise<FastifyInsta
     routerOptions: { maxParamLength: 200 },
   } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
 
-  // ---- the database: one connection, opened again after it was lost
-  let dbPromise: Promise<Db> | null = null;
-  const getDb = async (): Promise<Db> => {
-    dbPromise ??= inputs.openDb().then((d) => {
-      const lost = () => {
-        dbPromise = null;
-      };
+  // ---- the database: a few connections, each lent to one request at a time (so one request's
+  // queries never run inside another's transaction), a lost one replaced by a new one.
+  const idle: Db[] = [];
+  const lent = new Set<Db>();
+  const broken = new WeakSet<Db>();
+  const waiting: { resolve: (d: Db) => void; reject: (e: unknown) => void }[] = [];
+  let opened = 0;
+  const openOne = async (): Promise<Db> => {
+    opened++;
+    try {
+      const d = await inputs.openDb();
+      const lost = () => broken.add(d);
       d.pgClient?.on('end', lost);
       d.pgClient?.on('error', lost);
       return d;
-    });
-    try {
-      return await dbPromise;
     } catch (err) {
-      dbPromise = null;
+      opened--;
       throw err instanceof TemporaryError ? err : new TemporaryError(errorText(err));
     }
   };
+  const acquire = async (): Promise<Db> => {
+    let d: Db | undefined;
+    while ((d = idle.pop()) && broken.has(d)) {
+      opened--;
+      void d.close().catch(() => {});
+    }
+    if (!d) d = opened < DB_CONNECTIONS ? await openOne() : await new Promise<Db>((resolve, reject) => waiting.push({ resolve, reject }));
+    lent.add(d);
+    return d;
+  };
+  const release = (d: Db) => {
+    if (!lent.delete(d)) return;
+    if (broken.has(d)) {
+      opened--;
+      void d.close().catch(() => {});
+      const w = waiting.shift();
+      if (w) openOne().then((n) => (lent.add(n), w.resolve(n)), w.reject);
+      return;
+    }
+    const w = waiting.shift();
+    if (w) {
+      lent.add(d);
+      w.resolve(d);
+    } else idle.push(d);
+  };
+  const borrowed = new WeakMap<FastifyRequest, Db>();
+  /** The request's connection: borrowed on first use, given back when the response is done. */
+  const getDb = async (req: FastifyRequest): Promise<Db> => {
+    let d = borrowed.get(req);
+    if (!d) {
+      d = await acquire();
+      borrowed.set(req, d);
+    }
+    return d;
+  };
+  const giveBack = async (req: FastifyRequest) => {
+    const d = borrowed.get(req);
+    if (d) {
+      borrowed.delete(req);
+      release(d);
+    }
+  };
+  app.addHook('onResponse', giveBack);
+  app.addHook('onRequestAbort', giveBack);
   app.addHook('onClose', async () => {
-    if (dbPromise) await (await dbPromise.catch(() => null))?.close();
+    for (const w of waiting.splice(0)) w.reject(new TemporaryError('the review page is stopping'));
+    await Promise.all([...idle.splice(0), ...lent].map((d) => d.close().catch(() => {})));
   });
+
+  // The queue by IP of a 100,000-message queue is a whole pass over it: operators asking for the
+  // same table within SHARED_VIEW_MS share one computation (a change made here clears them all;
+  // the CLI's and cron's show within that time). The table is about a queue scanned each minute.
+  const shared = new Map<string, { at: number; value: Promise<unknown> }>();
+  const sharedView = <T>(key: string, make: () => Promise<T>): Promise<T> => {
+    const now = Date.now();
+    const hit = shared.get(key);
+    if (hit && now - hit.at < SHARED_VIEW_MS) return hit.value as Promise<T>;
+    const entry = { at: now, value: make() as Promise<unknown> };
+    shared.set(key, entry);
+    entry.value.catch(() => shared.get(key) === entry && shared.delete(key));
+    for (const [k, e] of shared) if (now - e.at >= SHARED_VIEW_MS) shared.delete(k);
+    return entry.value as Promise<T>;
+  };
 
   // Changes run one at a time, each with its operator set as the audit's actor.
   let chain: Promise<unknown> = Promise.resolve();
@@ -175,7 +241,7 @@ export async function buildWebApp(inputs: WebServerInputs): Promise<FastifyInsta
   };
 
   const contextFor = async (req: FastifyRequest): Promise<RunContext> => {
-    const db = await getDb();
+    const db = await getDb(req);
     const user = req.session?.user ?? 'anonymous';
     return createContext({ command: 'qguard web', config, log, interfaceNets: inputs.interfaceNets, sharedDb: db, user, actor: `web:${user}`, write: () => {} });
   };
@@ -240,7 +306,7 @@ export async function buildWebApp(inputs: WebServerInputs): Promise<FastifyInsta
     if (url === '/login' || url.startsWith('/login?') || url === '/favicon.ico') return;
     const raw = req.cookies[COOKIE];
     if (raw) {
-      const db = await getDb();
+      const db = await getDb(req);
       const s = await touchSession(db, sha256(raw), config.webIdleSeconds, SESSION_MAX_SECONDS);
       if (s) req.session = { user: s.user, csrf: s.csrf, tokenHash: sha256(raw) };
     }
@@ -266,7 +332,11 @@ export async function buildWebApp(inputs: WebServerInputs): Promise<FastifyInsta
       const ctx = await contextFor(req);
       const db = await ctx.db();
       await db.query("SELECT set_config('qguard.actor', $1, false)", [ctx.actor]);
-      return fn(ctx);
+      try {
+        return await fn(ctx);
+      } finally {
+        shared.clear();
+      }
     });
   const field = (req: FastifyRequest, name: string): string | undefined => {
     const v = (req.body as Record<string, unknown> | undefined)?.[name];
@@ -300,7 +370,7 @@ export async function buildWebApp(inputs: WebServerInputs): Promise<FastifyInsta
       reply.setCookie(LOGIN_COOKIE, loginToken, { ...cookieOpts(req), maxAge: 600 });
       return sendPage(reply, pages.loginPage({ user: null, csrf: null, error, next, loginToken }), status);
     };
-    const db = await getDb();
+    const db = await getDb(req);
     const fails = await loginFailures(db, user, ip, FAIL_WINDOW_SECONDS);
     if (fails.user >= FAIL_PER_USER || fails.ip >= FAIL_PER_IP) {
       await serialized(async () => {
@@ -348,17 +418,14 @@ export async function buildWebApp(inputs: WebServerInputs): Promise<FastifyInsta
 
   app.get('/queue', async (req, reply) => {
     const q = req.query as Record<string, unknown>;
-    const ctx = await contextFor(req);
-    const view = await queueTop(ctx, {
-      limit: '50',
-      host: one(q.host, 'host'),
-      kind: one(q.kind, 'kind'),
-      decision: one(q.decision, 'decision'),
-      sort: one(q.sort, 'sort'),
-      page: one(q.page, 'page'),
+    const args = { limit: '50', host: one(q.host, 'host'), kind: one(q.kind, 'kind'), decision: one(q.decision, 'decision'), sort: one(q.sort, 'sort'), page: one(q.page, 'page') };
+    const { view, hosts } = await sharedView(`queue ${JSON.stringify(args)}`, async () => {
+      const ctx = await contextFor(req);
+      const view = await queueTop(ctx, args);
+      const db = await ctx.db();
+      const hosts = (await db.query<{ host: string }>('SELECT host FROM qguard.queue_scans ORDER BY host')).rows.map((r) => r.host);
+      return { view, hosts };
     });
-    const db = await ctx.db();
-    const hosts = (await db.query<{ host: string }>('SELECT host FROM qguard.queue_scans ORDER BY host')).rows.map((r) => r.host);
     return sendPage(reply, pages.queuePage(view, pageCtx(req), hosts));
   });
 
