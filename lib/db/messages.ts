@@ -163,7 +163,7 @@ export async function rulesForIps(db: Queryable, ips: readonly string[]): Promis
         .map((c) => `r.${c}`)
         .join(', ')}
          FROM unnest($1::text[]) AS c(ip)
-         JOIN qguard.live_rules r ON r.network >>= c.ip::inet
+         JOIN qguard.live_rules r ON r.network = ANY(qguard.covering(c.ip::inet))
         ORDER BY r.id`,
       [ips.slice(i, i + BATCH)],
     );

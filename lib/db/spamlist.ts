@@ -232,8 +232,8 @@ function idArray(ids: number[], from: number, to: number): string {
 
 /*
  * Rewrites and deletions go by id, through the primary key. Not by network: for `network =
- * ANY(...)` the planner may pick the GiST index on network over the unique btree, and probing
- * it 10,000 times took 18-24 s where the primary key takes 0.1 s.
+ * ANY(...)` the planner once picked the GiST index on network (gone since sql/010) over the
+ * unique btree, and probing it 10,000 times took 18-24 s where the primary key takes 0.1 s.
  */
 
 /** Delete rules by id. */
