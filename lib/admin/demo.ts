@@ -14,7 +14,9 @@ import { TemporaryError } from '../errors.js';
 import { runProgram } from '../io/run-program.js';
 import { LISTED_IP, SAMPLE_SENDERS, SAMPLE_SPAM_LIST, writeSampleQueue } from '../demo/sample-queue.js';
 
-const BIN_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin');
+/** The executables: beside this code when bundled (dist/bin/qguard.js), else ../../bin from lib/admin. */
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const BIN_DIR = path.basename(HERE) === 'bin' ? HERE : path.resolve(HERE, '../../bin');
 
 /** Is a program on PATH? (tcprules is optional for the demo.) */
 function onPath(program: string): boolean {

@@ -269,6 +269,13 @@ interface ReaderReply {
 
 /** A reader thread sends its COPY text back in pieces of about this size. */
 const READER_BATCH_BYTES = 4 << 20;
+/**
+ * The module the reader threads run: this one. From a bundled executable (dist/bin/NAME.js,
+ * scripts/bundle.mjs) it is the copy tsc wrote to dist/lib/jobs/, beside which it was bundled.
+ */
+const READER_URL = /\/lib\/jobs\/[^/]+$/.test(import.meta.url)
+  ? new URL(import.meta.url)
+  : new URL('../lib/jobs/scan-queue-groups.js', import.meta.url);
 
 /** How many reader threads are worth starting for `messages` new messages (0: read here). */
 export function readerThreads(messages: number): number {
@@ -300,7 +307,7 @@ export async function readGroupsInThreads(
   try {
     await Promise.all(
       Array.from({ length: Math.min(threads, queue.length) }, async () => {
-        const w = new Worker(new URL(import.meta.url), { workerData: { qguardScanReader: true, layout, flat: [...flat], host } });
+        const w = new Worker(READER_URL, { workerData: { qguardScanReader: true, layout, flat: [...flat], host } });
         workers.push(w);
         const inbox = channel<ReaderReply>(w);
         for (let s = queue.shift(); s !== undefined; s = queue.shift()) {
