@@ -6,7 +6,8 @@
 // only the changes — new networks with binary COPY straight into qguard.rules (embedded PGlite:
 // batched arrays), rewrites and deletions by id in set-wise statements. No per-entry
 // statements; an unchanged list writes nothing. Every write goes through qguard.rules, so its
-// statement triggers audit each rule (one row per rule) and bump the change counter.
+// statement triggers audit the changes (summary rows listing the networks: sql/011) and bump
+// the change counter.
 //
 // Size: one set-based merge of a list into the rules, with its staging, audit and guards, in the database's terms.
 
@@ -416,8 +417,9 @@ export async function mergeSpamlist(
   return db.transaction(async (tx) => {
     // Two imports of the same list (two hosts' cron) take turns instead of colliding.
     await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`qguard import-spamlist ${opts.source}`]);
-    // Compiling the statements (JIT) costs more than it saves here.
-    await tx.exec("SET LOCAL work_mem = '64MB'; SET LOCAL jit = off");
+    // Compiling the statements (JIT) costs more than it saves here. The audit takes each
+    // statement's changes as summary rows with their networks (sql/011_audit_summary.sql).
+    await tx.exec("SET LOCAL work_mem = '64MB'; SET LOCAL jit = off; SET LOCAL qguard.audit = 'summary'");
 
     // Entries equal to or inside a relay/trust network would be more specific than it and so
     // override it; partners and logged-in users win over public lists. An entry that merely

@@ -131,6 +131,40 @@ describe('import-spamlist (PostgreSQL server or the fallback)', () => {
     expect(await footprint()).toBe(before);
   });
 
+  it('the audit of an import: a summary row per kind of change, listing every network changed, by whom', async () => {
+    const db = await t.open();
+    const auditRows = async (after: number) =>
+      (
+        await db.query<{ op: string; actor: string; source: string; n: number; nets: string[] }>(
+          `SELECT op, actor, source, cardinality(networks) AS n, networks::text[] AS nets
+             FROM qguard.audit WHERE id > $1 AND object = 'rule' ORDER BY id`,
+          [after],
+        )
+      ).rows;
+    const last = async () => Number((await db.query<{ m: number }>('SELECT coalesce(max(id), 0) AS m FROM qguard.audit')).rows[0].m);
+    try {
+      const quads = (from: number, n: number) => Array.from({ length: n }, (_, i) => `100.80.${from + (i >> 8)}.${i & 255}`);
+      // 3,000 single addresses, none adjacent to another (every other address), so none aggregate.
+      const first = quads(0, 6000).filter((_, i) => i % 2 === 0);
+      let mark = await last();
+      expect((await imp(['--source', 'audited'], first.join('\n'))).code).toBe(0);
+      const ins = await auditRows(mark);
+      expect(ins.length).toBeLessThanOrEqual(2);
+      expect(ins.every((a) => a.op === 'insert' && a.source === 'list:audited' && / \(import-spamlist\)$/.test(a.actor))).toBe(true);
+      expect(ins.flatMap((a) => a.nets).sort()).toEqual(first.map((q) => `${q}/32`).sort());
+      // The next day: 100 dropped (--replace), 50 new.
+      const second = [...first.slice(100), ...quads(40, 100).filter((_, i) => i % 2 === 0)];
+      mark = await last();
+      expect((await imp(['--source', 'audited', '--replace'], second.join('\n'))).code).toBe(0);
+      const next = await auditRows(mark);
+      expect(next.filter((a) => a.op === 'delete').flatMap((a) => a.nets).sort()).toEqual(first.slice(0, 100).map((q) => `${q}/32`).sort());
+      expect(next.filter((a) => a.op === 'insert').flatMap((a) => a.nets).sort()).toEqual(second.slice(-50).map((q) => `${q}/32`).sort());
+      expect(next.length).toBe(2);
+    } finally {
+      await db.close();
+    }
+  });
+
   it('guards: too broad, everything, protected addresses: refused and reported; the rest imported', async () => {
     const list = [
       '0.0.0.0/0',
@@ -541,8 +575,9 @@ describe.skipIf(!(await serverAvailable()))('import-spamlist when the source cha
         ['100.95.0.1/32', '100.95.0.2/32', '100.95.0.3/32'].map((cidr) => ({ cidr, reason: 'listed by race', who: null })),
       );
       // Theirs: the insert of .2, the delete of .3. Ours: insert .1 and .3, rewrite .2 — nothing twice.
+      // (The import's own changes are summary rows listing their networks: sql/011.)
       const audit = await db.query<{ op: string; network: string; actor: string }>(
-        `SELECT op, network::text AS network FROM qguard.audit WHERE id > $1 ORDER BY id`,
+        `SELECT op, n::text AS network FROM qguard.audit, unnest(coalesce(networks, ARRAY[network])) AS n WHERE id > $1 ORDER BY id`,
         [auditBefore],
       );
       expect(audit.rows.map((a) => `${a.op} ${a.network}`).sort()).toEqual(
