@@ -34,6 +34,15 @@ function timed(file: string, args: string[], env: Record<string, string>, input?
   return ms(t0);
 }
 
+/** The command's max RSS in MB (one more run under /usr/bin/time, not timed). */
+function maxRssMb(file: string, args: string[], env: Record<string, string>): number {
+  const out = path.join(os.tmpdir(), `qguard-bench-rss-${process.pid}`);
+  execFileSync('/usr/bin/time', ['-f', '%M', '-o', out, file, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
+  const kb = Number(fs.readFileSync(out, 'utf8').trim().split('\n').pop());
+  fs.rmSync(out, { force: true });
+  return kb / 1024;
+}
+
 async function freshDb(name: string): Promise<string> {
   const admin = new pg.Client({ connectionString: ADMIN_URL });
   await admin.connect();
@@ -114,6 +123,10 @@ async function main() {
     fs.rmSync(big.env.QGUARD_RULES_CDB, { force: true });
     full.push(timed(node, [bin], big.env));
   }
+  fs.rmSync(big.env.QGUARD_STATE_DIR, { recursive: true, force: true });
+  fs.rmSync(big.env.QGUARD_RULES, { force: true });
+  fs.rmSync(big.env.QGUARD_RULES_CDB, { force: true });
+  const fullRss = maxRssMb(node, [bin], big.env);
   const text = fs.readFileSync(big.env.QGUARD_RULES);
   const keys = text.toString('latin1').split('\n').filter((l) => l && !l.startsWith('#')).length;
   const copySql = `COPY (SELECT network, action FROM qguard.live_rules WHERE family(network) = 4 AND (host IS NULL OR host = 'bench')) TO STDOUT`;
@@ -128,6 +141,7 @@ async function main() {
   console.log('');
   console.log(`full rebuild at ${RULES} /32 + ${MIXED} mixed CIDRs (${(text.length / 1e6).toFixed(1)} MB text, ${keys} lines):`);
   console.log(`  sync-rules (whole command):        median ${median(full).toFixed(0)} ms  [${full.map((x) => x.toFixed(0)).join(', ')}]`);
+  console.log(`  max RSS of a full rebuild:         ${fullRss.toFixed(0)} MB (goal < 300 MB)`);
   console.log(`  floor: psql COPY of the rules      median ${median(floorCopy).toFixed(0)} ms`);
   console.log(`       + tcprules on the same text   median ${median(floorRules).toFixed(0)} ms`);
   console.log(`       = ${floor.toFixed(0)} ms  -> ratio ${(median(full) / floor).toFixed(2)}x (goal <= 2x)`);

@@ -350,6 +350,31 @@ describe.skipIf(!RUN).each(['nft', 'ipset'] as const)('firewall backend %s in ne
     expectReach(await lab.reach(), ['unknown', 'inDenied24', 'relay']);
   });
 
+  it.skipIf(backend !== 'nft')('a script nft refuses at its last line changes nothing: the whole script is one transaction', async () => {
+    // The real nft, handed our script with one more line it will refuse (a set that does not
+    // exist). The lines before it flush the table and add the new elements: none may take effect.
+    const bin = path.join(tmp, 'fakebin-nft-tail');
+    fs.mkdirSync(bin, { recursive: true });
+    fs.writeFileSync(
+      path.join(bin, 'nft'),
+      `#!/bin/sh\ncase "$*" in *-f*) { cat; echo 'add element inet qguard no_such_set { 192.0.2.99 }'; } | /usr/sbin/nft "$@"; exit $?;; esac\nexec /usr/sbin/nft "$@"\n`,
+      { mode: 0o755 },
+    );
+    const before = await must(lab.srv, ['nft', 'list', 'table', 'inet', 'qguard']);
+    expect((await lab.connects()).denied[25]).toBe('ok'); // its deny was removed above
+    expect((await admin(['ip', 'deny', '198.18.0.9'])).code).toBe(0);
+    const r = await sync({ PATH: `${bin}:/usr/bin:/bin` });
+    expect(r.code).toBe(111);
+    expect(r.stderr).toMatch(/fatal: nft -f failed \(exit 1\): .*Error: No such file or directory/); // the kernel refused the batch
+    expect(await must(lab.srv, ['nft', 'list', 'table', 'inet', 'qguard'])).toBe(before);
+    expect((await lab.connects()).denied[25]).toBe('ok');
+    const ok = await sync();
+    expect(ok.code).toBe(0);
+    expect((await lab.connects()).denied[25]).toBe('timeout');
+    expect((await admin(['ip', 'rm', '198.18.0.9'])).code).toBe(0);
+    expect((await sync()).code).toBe(0);
+  });
+
   it('qguard firewall remove takes out our objects only, cleanly', async () => {
     // Someone else's table and INPUT rule must survive.
     await must(lab.srv, ['nft', 'add', 'table', 'inet', 'theirs']);

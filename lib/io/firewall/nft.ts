@@ -1,6 +1,8 @@
 // The nftables backend: one table of qguard's own (inet qguard) with a set per family and a
-// rule per set; replaced in one `nft -f` transaction, checked first with `nft -c` so a refused
-// script changes nothing. Reads with `nft -t -j list ruleset inet` (no set members: cheap).
+// rule per set; replaced in one `nft -f` transaction: nft sends the whole script as one netlink
+// batch, which the kernel commits or refuses whole, so a refused script changes nothing (no
+// `nft -c` pass first: it parsed and checked the script a second time, 0.85 s of 1.79 s for
+// 100,000 elements). Reads with `nft -t -j list ruleset inet` (no set members: cheap).
 
 import type { FirewallBackend, KernelCheck } from './backend.js';
 import { APPLY_TIMEOUT_MS, firewallProgram, fw } from './programs.js';
@@ -17,7 +19,6 @@ export const nftBackend: FirewallBackend = {
   },
   async apply(set, policy, protectedNets) {
     const script = renderNftScript(set, policy, protectedNets);
-    await fw('nft', ['-c', '-f', '-'], { input: script, timeoutMs: APPLY_TIMEOUT_MS });
     await fw('nft', ['-f', '-'], { input: script, timeoutMs: APPLY_TIMEOUT_MS });
   },
   async remove() {
