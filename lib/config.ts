@@ -62,6 +62,8 @@ export interface Config {
   lockWaitSeconds: number;
   /** Bytes of each queued message scan-queue keeps readable for the review page; 0: none. */
   copyBytes: number;
+  /** tcpserver's multilog directory that scan-queue counts connections from; null: none. */
+  smtpdLog: string | null;
   /** `qguard web`: where it listens (HOST:PORT). */
   webListen: string;
   /** `qguard web`: a session ends after this long without a request, seconds. */
@@ -118,6 +120,7 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'QGUARD_SYSLOG', kind: 'bool' },
   { key: 'QGUARD_LOCK_WAIT', kind: 'duration' },
   { key: 'QGUARD_COPY_BYTES', kind: 'int' },
+  { key: 'QGUARD_SMTPD_LOG', kind: 'string' },
   { key: 'QGUARD_WEB_LISTEN', kind: 'string' },
   { key: 'QGUARD_WEB_IDLE', kind: 'duration' },
 ];
@@ -322,6 +325,7 @@ export function resolveConfig(inputs: ConfigInputs): Config {
     syslog: bool('QGUARD_SYSLOG', false),
     lockWaitSeconds: duration('QGUARD_LOCK_WAIT', 60)!,
     copyBytes: int('QGUARD_COPY_BYTES', 64 * 1024, 0, 16 * 1024 * 1024),
+    smtpdLog: str('QGUARD_SMTPD_LOG', '').trim() === '' ? null : path('QGUARD_SMTPD_LOG', ''),
     webListen: str('QGUARD_WEB_LISTEN', '127.0.0.1:8025').trim(),
     webIdleSeconds: duration('QGUARD_WEB_IDLE', 30 * 60)!,
   };

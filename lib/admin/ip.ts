@@ -17,6 +17,8 @@ import {
   upsertRule,
 } from '../db/rules.js';
 import { durationArgument, freeText, netArgument } from './args.js';
+import { connectionsOf } from '../db/connections.js';
+import { formatDuration } from '../duration.js';
 
 /** A rule as `ip ls --json` prints it and the page shows it. */
 export type RuleView = ReturnType<typeof ruleJson>;
@@ -137,6 +139,8 @@ export interface WhyReport {
   rule: RuleView | null;
   others: RuleView[];
   meaning: string;
+  /** SMTP connections counted from tcpserver's log within the window, every mail server (QGUARD_SMTPD_LOG); null when none were counted. */
+  connections: { window: string; connections: number; denied: number; firstSeen: string | null; lastSeen: string | null; hosts: number } | null;
 }
 
 const MEANING: Record<Action | 'default', string> = {
@@ -164,6 +168,18 @@ export async function ipWhy(ctx: RunContext, ipText: string): Promise<WhyReport>
     rule: result.rule ? ruleJson(result.rule) : null,
     others: others.map(ruleJson),
     meaning: MEANING[result.decision],
+    connections: null,
   };
+  const seen = await connectionsOf(db, formatNetShort(ip), ctx.config.windowSeconds);
+  if (seen.connections > 0) {
+    report.connections = {
+      window: formatDuration(ctx.config.windowSeconds),
+      connections: seen.connections,
+      denied: seen.denied,
+      firstSeen: seen.firstSeen?.toISOString() ?? null,
+      lastSeen: seen.lastSeen?.toISOString() ?? null,
+      hosts: seen.hosts,
+    };
+  }
   return report;
 }

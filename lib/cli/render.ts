@@ -124,6 +124,13 @@ export function renderWhy(report: WhyReport): string {
     const ignored = report.protected && r.action === 'deny' ? ' (ignored: protected)' : '';
     out.push(`  also: ${describeRule(r)}${ignored}`);
   }
+  const c = report.connections;
+  if (c) {
+    out.push(
+      `  connections in ${c.window}: ${c.connections} (${c.denied} denied) on ${c.hosts} mail server${c.hosts === 1 ? '' : 's'}, ` +
+        `first ${c.firstSeen ? shortTime(c.firstSeen) : '-'}, last ${c.lastSeen ? shortTime(c.lastSeen) : '-'} (tcpserver's log)`,
+    );
+  }
   return lines(out);
 }
 

@@ -53,6 +53,8 @@ import {
   type QueueLayout,
   splitOf,
 } from '../qmail/queued-message.js';
+import { LogReadError } from '../io/multilog-read.js';
+import { type SmtpdLogSummary, ingestSmtpdLog } from './smtpd-log.js';
 import { type GroupResult, type GroupSink, readGroup, readGroupsInThreads, readerThreads } from './scan-queue-groups.js';
 
 /** Flags of the scan-queue command (threshold and window come through the config). */
@@ -99,6 +101,23 @@ export interface ScanSummary {
   phasesMs: { look: number; list: number; stat: number; read: number; db: number; count: number; copy: number };
   /** Readable copies written for the review page (QGUARD_COPY_BYTES). */
   copied: number;
+  /** What was read of tcpserver's log (QGUARD_SMTPD_LOG); null when it is not configured or could not be read. */
+  smtpdLog: SmtpdLogSummary | null;
+}
+
+/** tcpserver's log, in a savepoint: a log that cannot be read is warned about and leaves the queue scan whole. */
+async function countSmtpdLog(ctx: RunContext, tx: Queryable, dir: string): Promise<SmtpdLogSummary | null> {
+  await tx.exec('SAVEPOINT smtpd_log');
+  try {
+    const s = await ingestSmtpdLog(ctx, tx, dir);
+    await tx.exec('RELEASE SAVEPOINT smtpd_log');
+    return s;
+  } catch (err) {
+    if (!(err instanceof LogReadError)) throw err;
+    await tx.exec('ROLLBACK TO SAVEPOINT smtpd_log');
+    ctx.log.warn(`QGUARD_SMTPD_LOG: ${err.message}; connections not counted this run`);
+    return null;
+  }
 }
 
 /** Thrown inside the transaction to roll a dry run back (a TemporaryError passes through the db layer untouched). */
@@ -131,6 +150,7 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
   try {
     summary = await db.transaction(async (tx) => {
       const s = await scanInto(ctx, tx, layout, { dryRun, deny: opts.deny !== false, started, pgClient: db.pgClient });
+      if (ctx.config.smtpdLog !== null) s.smtpdLog = await countSmtpdLog(ctx, tx, path.resolve(ctx.config.smtpdLog));
       if (dryRun) throw new DryRunRollback(s);
       return s;
     });
@@ -162,7 +182,10 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
       `${summary.gone} gone, ${summary.skipped} skipped, ${summary.errors} odd; ${summary.groupsRead}/${summary.split} groups read; ` +
       `${summary.overThreshold} IPs at ${summary.threshold}+ in ${summary.window}; ${dryRun ? 'would deny' : 'denied'} ` +
       `${summary.denied.length ? summary.denied.join(' ') : 'none'} (${summary.durationMs} ms: ` +
-      `${Object.entries(summary.phasesMs).map(([k, v]) => `${k} ${v}`).join(', ')})`,
+      `${Object.entries(summary.phasesMs).map(([k, v]) => `${k} ${v}`).join(', ')})` +
+      (summary.smtpdLog
+        ? `; ${summary.smtpdLog.dir}: ${summary.smtpdLog.lines} lines, ${summary.smtpdLog.connections} connections (${summary.smtpdLog.denied} denied) in ${summary.smtpdLog.ms} ms`
+        : ''),
   );
   ctx.jobSummary(summary);
   if (opts.json) ctx.printJson(summary);
@@ -203,6 +226,7 @@ async function scanInto(
     pruned: 0,
     phasesMs: { look: 0, list: 0, stat: 0, read: 0, db: 0, count: 0, copy: 0 },
     copied: 0,
+    smtpdLog: null,
   };
   const ms = summary.phasesMs;
   const lookStart = performance.now();

@@ -1,0 +1,152 @@
+// Reading a multilog directory incrementally (tcpserver's log, e.g. /var/log/qmail/smtpd).
+//
+// multilog appends to `current`; when it is full, it renames `current` to `@TAI64N.s` (the same
+// file, the same inode: the name is the time of the rename, so the names sort in the order of
+// writing) and starts a new `current`; it deletes the oldest `@….s` beyond its count. An
+// interrupted multilog leaves `@….u`. A position is a file (its inode and its first bytes, so
+// that a reused inode number is not taken for the file) and the offset just after the last
+// complete line read. The next read goes on from there: the rest of that file, wherever it has
+// been renamed to, then every newer file, then `current` up to its last newline — a partial last
+// line waits for the next run. Nothing is read twice and nothing skipped, unless multilog has
+// deleted a file before it was read (then `lost` says so).
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { TemporaryError } from '../errors.js';
+
+export interface LogPosition {
+  inode: number;
+  offset: number;
+  /** The file's first bytes (up to HEAD_BYTES, latin1): tells the file from a later one with its inode number. */
+  head: string;
+}
+
+export interface LogRead {
+  position: LogPosition | null;
+  files: number;
+  bytes: number;
+  lines: number;
+  /** Why lines may have been missed (the file read last time is gone), or null. */
+  lost: string | null;
+}
+
+interface LogFile {
+  name: string;
+  file: string;
+  inode: number;
+  size: number;
+}
+
+/** The log could not be read (scan-queue warns and goes on with the queue). */
+export class LogReadError extends TemporaryError {}
+
+const HEAD_BYTES = 64;
+const CHUNK = 1 << 20;
+
+/** The log's files in the order multilog wrote them: `@….s` and `@….u` by name, then `current`. */
+function logFiles(dir: string): LogFile[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch (err) {
+    throw new LogReadError(`unable to read the log directory ${dir}: ${(err as Error).message}`, { cause: err });
+  }
+  const rotated = names.filter((n) => /^@[0-9a-f]{24}\.[su]$/.test(n)).sort();
+  const out: LogFile[] = [];
+  for (const name of [...rotated, ...(names.includes('current') ? ['current'] : [])]) {
+    const file = path.join(dir, name);
+    try {
+      const st = fs.statSync(file);
+      if (st.isFile()) out.push({ name, file, inode: st.ino, size: st.size });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new LogReadError(`unable to stat ${file}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  return out;
+}
+
+function readHead(fd: number, size: number): string {
+  const buf = Buffer.alloc(Math.min(HEAD_BYTES, size));
+  const n = fs.readSync(fd, buf, 0, buf.length, 0);
+  return buf.toString('latin1', 0, n);
+}
+
+/**
+ * Every line written after `from` (all of the directory when null), in order, to `onLine`
+ * (latin1 text without its newline). Returns where the next read starts.
+ */
+export function readLogSince(dir: string, from: LogPosition | null, onLine: (line: string) => void): LogRead {
+  const files = logFiles(dir);
+  const result: LogRead = { position: from, files: 0, bytes: 0, lines: 0, lost: null };
+  let start = 0;
+  let offset = 0;
+  if (from) {
+    const at = files.findIndex((f) => f.inode === from.inode && f.size >= from.offset);
+    const same = at >= 0 && withFd(files[at].file, (fd) => readHead(fd, from.offset) === from.head.slice(0, Math.min(HEAD_BYTES, from.offset)));
+    if (at >= 0 && same) {
+      start = at;
+      offset = from.offset;
+    } else if (files.length > 0) {
+      result.lost = `the file read last time (inode ${from.inode}) is no longer in ${dir}: lines written between may not have been counted`;
+    }
+  }
+  for (let i = start; i < files.length; i++) {
+    const f = files[i];
+    const isCurrent = f.name === 'current';
+    const end = withFd(f.file, (fd) => {
+      const st = fs.fstatSync(fd);
+      const pos = readLines(fd, i === start ? offset : 0, st.size, isCurrent, (line) => {
+        result.lines++;
+        onLine(line);
+      });
+      if (isCurrent || i === files.length - 1) {
+        result.position = { inode: st.ino, offset: pos, head: readHead(fd, Math.min(HEAD_BYTES, pos)) };
+      }
+      return pos;
+    });
+    result.bytes += end - (i === start ? offset : 0);
+    result.files++;
+  }
+  return result;
+}
+
+function withFd<T>(file: string, fn: (fd: number) => T): T {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (err) {
+    throw new LogReadError(`unable to open ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    return fn(fd);
+  } catch (err) {
+    if (err instanceof LogReadError) throw err;
+    throw new LogReadError(`unable to read ${file}: ${(err as Error).message}`, { cause: err });
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Lines of [from, size); a partial last line is held back when the file may still grow. Returns the offset after the last line given. */
+function readLines(fd: number, from: number, size: number, mayGrow: boolean, onLine: (line: string) => void): number {
+  const buf = Buffer.allocUnsafe(CHUNK);
+  let carry: Buffer = Buffer.alloc(0);
+  let pos = from; // file offset of the next read
+  while (pos < size) {
+    const n = fs.readSync(fd, buf, 0, Math.min(CHUNK, size - pos), pos);
+    if (n === 0) break;
+    pos += n;
+    const chunk = carry.length ? Buffer.concat([carry, buf.subarray(0, n)]) : buf.subarray(0, n);
+    let lineStart = 0;
+    for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, lineStart)) {
+      onLine(chunk.toString('latin1', lineStart, nl));
+      lineStart = nl + 1;
+    }
+    carry = Buffer.from(chunk.subarray(lineStart)); // a copy: buf is reused
+  }
+  if (carry.length && !mayGrow) {
+    onLine(carry.toString('latin1'));
+    return pos;
+  }
+  return pos - carry.length;
+}

@@ -1,0 +1,78 @@
+// scan-queue's second source: tcpserver's log (QGUARD_SMTPD_LOG, the multilog directory of
+// qmail-smtpd's `tcpserver -v`). Each run reads what was written since the last one
+// (lib/io/multilog-read.ts), counts connections and denied connections per client address and
+// ten-minute slot (lib/qmail/tcpserver-log.ts), and adds them to qguard.connections with the
+// new read position, in scan-queue's transaction: a failed run counts nothing and the next one
+// reads the same lines again.
+
+import type { RunContext } from '../context.js';
+import type { Queryable } from '../db/connect.js';
+import { addConnections, loadLogPosition, pruneConnections, saveLogPosition } from '../db/connections.js';
+import { readLogSince } from '../io/multilog-read.js';
+import { ConnectionCounter, TcpserverLog } from '../qmail/tcpserver-log.js';
+
+export interface SmtpdLogSummary {
+  dir: string;
+  files: number;
+  bytes: number;
+  lines: number;
+  connections: number;
+  denied: number;
+  /** Lines of tcpserver's that did not parse. */
+  odd: number;
+  /** Set when lines may have been missed (multilog deleted a file before it was read). */
+  lost: string | null;
+  ms: number;
+}
+
+/** Counted slots are kept this long beyond the window. */
+const KEEP_MARGIN_SECONDS = 86400;
+/** Counts are written whenever this many address-slots are held (memory stays bounded on a huge first read). */
+const FLUSH_AT = 50_000;
+
+export async function ingestSmtpdLog(ctx: RunContext, tx: Queryable, dir: string): Promise<SmtpdLogSummary> {
+  const started = performance.now();
+  const host = ctx.config.host;
+  const from = await loadLogPosition(tx, host, dir);
+  const parser = new TcpserverLog();
+  const counter = new ConnectionCounter();
+  const now = Date.now();
+  let connections = 0;
+  let denied = 0;
+  const pending: Promise<void>[] = [];
+  let read: ReturnType<typeof readLogSince>;
+  try {
+    read = readLogSince(dir, from, (line) => {
+      const c = parser.line(line);
+      if (c === null) return;
+      connections++;
+      if (c.denied) denied++;
+      counter.add(c, now);
+      if (counter.size >= FLUSH_AT) {
+        const p = addConnections(tx, host, counter.take());
+        p.catch(() => {}); // awaited below, in order; not an unhandled rejection meanwhile
+        pending.push(p);
+      }
+    });
+  } catch (err) {
+    await Promise.allSettled(pending);
+    throw err;
+  }
+  // The log is read synchronously; the batches it filled go out in order on the one connection.
+  for (const p of pending) await p;
+  await addConnections(tx, host, counter.take());
+  if (read.position) await saveLogPosition(tx, host, dir, read.position);
+  await pruneConnections(tx, ctx.config.windowSeconds + KEEP_MARGIN_SECONDS);
+  if (read.lost) ctx.log.warn(`${dir}: ${read.lost}`);
+  return {
+    dir,
+    files: read.files,
+    bytes: read.bytes,
+    lines: read.lines,
+    connections,
+    denied,
+    odd: parser.odd,
+    lost: read.lost,
+    ms: Math.round(performance.now() - started),
+  };
+}
