@@ -26,6 +26,8 @@ export interface LogRead {
   files: number;
   bytes: number;
   lines: number;
+  /** The read stopped at maxBytes: there is more for the next run. */
+  more: boolean;
   /** Why lines may have been missed (the file read last time is gone), or null. */
   lost: string | null;
 }
@@ -76,8 +78,18 @@ function readHead(fd: number, size: number): string {
  * (latin1 text without its newline). Returns where the next read starts.
  */
 export function readLogSince(dir: string, from: LogPosition | null, onLine: (line: string) => void): LogRead {
+  return readLogBytesSince(dir, from, (buf, start, end) => onLine(buf.toString('latin1', start, end)));
+}
+
+/** The same, each line as bytes [start, end) of a buffer that is reused after the call: decode only what is needed. */
+export function readLogBytesSince(
+  dir: string,
+  from: LogPosition | null,
+  onLine: (buf: Buffer, start: number, end: number) => void,
+  maxBytes = Number.POSITIVE_INFINITY,
+): LogRead {
   const files = logFiles(dir);
-  const result: LogRead = { position: from, files: 0, bytes: 0, lines: 0, lost: null };
+  const result: LogRead = { position: from, files: 0, bytes: 0, lines: 0, more: false, lost: null };
   let start = 0;
   let offset = 0;
   if (from) {
@@ -90,16 +102,20 @@ export function readLogSince(dir: string, from: LogPosition | null, onLine: (lin
       result.lost = `the file read last time (inode ${from.inode}) is no longer in ${dir}: lines written between may not have been counted`;
     }
   }
-  for (let i = start; i < files.length; i++) {
+  for (let i = start; i < files.length && !result.more; i++) {
     const f = files[i];
     const isCurrent = f.name === 'current';
     const end = withFd(f.file, (fd) => {
       const st = fs.fstatSync(fd);
-      const pos = readLines(fd, i === start ? offset : 0, st.size, isCurrent, (line) => {
+      const from0 = i === start ? offset : 0;
+      // At most maxBytes a read (whole lines): a large backlog is taken over several runs.
+      const stop = Math.min(st.size, from0 + Math.max(0, maxBytes - result.bytes));
+      const pos = readLines(fd, from0, stop, isCurrent || stop < st.size, (buf, s, e) => {
         result.lines++;
-        onLine(line);
+        onLine(buf, s, e);
       });
-      if (isCurrent || i === files.length - 1) {
+      if (stop < st.size) result.more = true;
+      if (isCurrent || i === files.length - 1 || result.more) {
         result.position = { inode: st.ino, offset: pos, head: readHead(fd, Math.min(HEAD_BYTES, pos)) };
       }
       return pos;
@@ -128,7 +144,7 @@ function withFd<T>(file: string, fn: (fd: number) => T): T {
 }
 
 /** Lines of [from, size); a partial last line is held back when the file may still grow. Returns the offset after the last line given. */
-function readLines(fd: number, from: number, size: number, mayGrow: boolean, onLine: (line: string) => void): number {
+function readLines(fd: number, from: number, size: number, mayGrow: boolean, onLine: (buf: Buffer, start: number, end: number) => void): number {
   const buf = Buffer.allocUnsafe(CHUNK);
   let carry: Buffer = Buffer.alloc(0);
   let pos = from; // file offset of the next read
@@ -139,13 +155,13 @@ function readLines(fd: number, from: number, size: number, mayGrow: boolean, onL
     const chunk = carry.length ? Buffer.concat([carry, buf.subarray(0, n)]) : buf.subarray(0, n);
     let lineStart = 0;
     for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, lineStart)) {
-      onLine(chunk.toString('latin1', lineStart, nl));
+      onLine(chunk, lineStart, nl);
       lineStart = nl + 1;
     }
     carry = Buffer.from(chunk.subarray(lineStart)); // a copy: buf is reused
   }
   if (carry.length && !mayGrow) {
-    onLine(carry.toString('latin1'));
+    onLine(carry, 0, carry.length);
     return pos;
   }
   return pos - carry.length;

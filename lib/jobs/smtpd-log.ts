@@ -8,7 +8,7 @@
 import type { RunContext } from '../context.js';
 import type { Queryable } from '../db/connect.js';
 import { addConnections, loadLogPosition, pruneConnections, saveLogPosition } from '../db/connections.js';
-import { readLogSince } from '../io/multilog-read.js';
+import { readLogBytesSince } from '../io/multilog-read.js';
 import { ConnectionCounter, TcpserverLog } from '../qmail/tcpserver-log.js';
 
 export interface SmtpdLogSummary {
@@ -16,6 +16,8 @@ export interface SmtpdLogSummary {
   files: number;
   bytes: number;
   lines: number;
+  /** Stopped at the per-run limit: the next run reads on. */
+  more: boolean;
   connections: number;
   denied: number;
   /** Lines of tcpserver's that did not parse. */
@@ -27,8 +29,14 @@ export interface SmtpdLogSummary {
 
 /** Counted slots are kept this long beyond the window. */
 const KEEP_MARGIN_SECONDS = 86400;
-/** Counts are written whenever this many address-slots are held (memory stays bounded on a huge first read). */
+/** Counts are written whenever this many address-slots are held. */
 const FLUSH_AT = 50_000;
+/**
+ * At most this much of the log a run: the reading is synchronous, so the counts of one run
+ * are all held until it ends (a 1 GB first read peaked at 612 MB). The rest waits for the
+ * next minute's run.
+ */
+const MAX_BYTES_PER_RUN = 128 * 1024 * 1024;
 
 export async function ingestSmtpdLog(ctx: RunContext, tx: Queryable, dir: string): Promise<SmtpdLogSummary> {
   const started = performance.now();
@@ -40,10 +48,10 @@ export async function ingestSmtpdLog(ctx: RunContext, tx: Queryable, dir: string
   let connections = 0;
   let denied = 0;
   const pending: Promise<void>[] = [];
-  let read: ReturnType<typeof readLogSince>;
+  let read: ReturnType<typeof readLogBytesSince>;
   try {
-    read = readLogSince(dir, from, (line) => {
-      const c = parser.line(line);
+    read = readLogBytesSince(dir, from, (buf, s, e) => {
+      const c = parser.lineBytes(buf, s, e);
       if (c === null) return;
       connections++;
       if (c.denied) denied++;
@@ -53,7 +61,7 @@ export async function ingestSmtpdLog(ctx: RunContext, tx: Queryable, dir: string
         p.catch(() => {}); // awaited below, in order; not an unhandled rejection meanwhile
         pending.push(p);
       }
-    });
+    }, MAX_BYTES_PER_RUN);
   } catch (err) {
     await Promise.allSettled(pending);
     throw err;
@@ -69,6 +77,7 @@ export async function ingestSmtpdLog(ctx: RunContext, tx: Queryable, dir: string
     files: read.files,
     bytes: read.bytes,
     lines: read.lines,
+    more: read.more,
     connections,
     denied,
     odd: parser.odd,

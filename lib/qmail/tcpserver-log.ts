@@ -8,7 +8,7 @@
 //
 // (tcpserver.c: `ok`/`deny` PID LOCALHOST:LOCALIP:LOCALPORT REMOTEHOST:REMOTEIP:REMOTEINFO:REMOTEPORT;
 // the label is multilog's TAI64N stamp, present with multilog's `t`.) A connection is counted
-// once, from its `ok` or `deny` line; `pid ... from IP` is only a fallback for the address.
+// once, from its `ok` or `deny` line.
 
 import { isIP } from 'node:net';
 
@@ -23,17 +23,22 @@ export interface Connection {
 /** TAI64 labels count from 2^62, and daemontools' clock is TAI = UTC + 10 s (leap seconds ignored, as tai64nlocal does). */
 const TAI64_EPOCH = 2n ** 62n + 10n;
 
+const LABEL = /^@[0-9a-f]{24}$/i;
+
 /** `@` + 16 hex digits of seconds + 8 of nanoseconds -> epoch milliseconds; null if it is not a label. */
 export function parseTai64n(label: string): number | null {
-  if (label.length !== 25 || label[0] !== '@' || !/^@[0-9a-f]{24}$/i.test(label)) return null;
-  const secs = BigInt(`0x${label.slice(1, 17)}`) - TAI64_EPOCH;
+  if (label.length !== 25 || label[0] !== '@' || !LABEL.test(label)) return null;
   const nanos = Number.parseInt(label.slice(17), 16);
   if (nanos > 999_999_999) return null;
-  return Number(secs) * 1000 + Math.floor(nanos / 1e6);
+  const hi = label.slice(1, 9);
+  // Until 2106 the seconds are 0x40000000 followed by 32 bits: plain numbers, no BigInt.
+  const secs = hi === '40000000' ? Number.parseInt(label.slice(9, 17), 16) - 10 : Number(BigInt(`0x${label.slice(1, 17)}`) - TAI64_EPOCH);
+  return secs * 1000 + Math.floor(nanos / 1e6);
 }
 
 /** The TAI64N label of a time (what multilog would write), for tests and generated logs. */
 export function formatTai64n(ms: number): string {
+  ms = Math.floor(ms);
   const secs = BigInt(Math.floor(ms / 1000)) + TAI64_EPOCH;
   const nanos = (((ms % 1000) + 1000) % 1000) * 1e6;
   return `@${secs.toString(16).padStart(16, '0')}${nanos.toString(16).padStart(8, '0')}`;
@@ -48,8 +53,29 @@ function remoteIp(field: string): string | null {
   return canonicalIp(field.slice(first + 1, infoColon));
 }
 
+/** A dotted quad of 0-255 without leading zeros: the common case, without node's isIP regex. */
+function isIpv4(ip: string): boolean {
+  let parts = 0;
+  let n = -1;
+  let digits = 0;
+  for (let i = 0; i <= ip.length; i++) {
+    const c = i < ip.length ? ip.charCodeAt(i) : 46;
+    if (c === 46) {
+      if (digits === 0 || n > 255 || (digits > 1 && ip.charCodeAt(i - digits) === 48)) return false;
+      parts++;
+      n = -1;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      n = (n < 0 ? 0 : n * 10) + c - 48;
+      if (++digits > 3) return false;
+    } else return false;
+  }
+  return parts === 4;
+}
+
 /** One spelling per address (so that one address is one row): lower case, `::ffff:a.b.c.d` as the IPv4 address it is. */
 function canonicalIp(ip: string): string | null {
+  if (isIpv4(ip)) return ip;
   const kind = isIP(ip);
   if (kind === 4) return ip;
   if (kind !== 6) return null;
@@ -58,42 +84,73 @@ function canonicalIp(ip: string): string | null {
 }
 
 /**
- * Reads lines in order, one at a time, and returns the connections they record. `pids` carries
- * `pid P from IP` across lines (and across runs, if the caller keeps it) for the rare `ok` line
- * whose remote field does not parse.
+ * Reads lines in order, one at a time, and returns the connections they record: each `ok` and
+ * `deny` line is one connection, its address taken from its own remote field (a line whose
+ * field does not parse is counted in `odd`, not guessed from another line).
  */
 export class TcpserverLog {
-  readonly pids = new Map<string, string>();
-  /** Lines that mention tcpserver but were not understood (kept for the summary, not fatal). */
+  private lastSecs = '';
+  private lastSecsMs = 0;
+  /** Lines of tcpserver's `ok`/`deny` that were not understood (kept for the summary, not fatal). */
   odd = 0;
+
+  /**
+   * The same for a line still in the reader's buffer: bytes [start, end). Only `ok` and `deny`
+   * lines of tcpserver's are decoded (1 of the 5 lines of a connection); the rest are told
+   * apart by a few bytes.
+   */
+  lineBytes(buf: Buffer, start: number, end: number): Connection | null {
+    const off = buf[start] === 64 /* @ */ ? start + 26 : start;
+    // "tcpserver: " then o(k) or d(eny)
+    if (end - off < 14 || buf[off] !== 116 /* t */ || buf[off + 9] !== 58 /* : */ || buf[off + 3] !== 115 /* s */) return null;
+    const k = buf[off + 11];
+    if (k !== 111 && k !== 100) return null;
+    return this.line(buf.toString('latin1', start, end));
+  }
 
   /** One line without its newline; a connection, or null for every other line. */
   line(text: string): Connection | null {
     let at: number | null = null;
-    let rest = text;
+    let from = 0;
     if (text.charCodeAt(0) === 64 /* @ */) {
-      at = parseTai64n(text.slice(0, 25));
-      rest = text.slice(26);
+      at = this.label(text.slice(0, 25));
+      from = 26;
     }
-    if (!rest.startsWith('tcpserver: ')) return null;
-    const words = rest.slice(11).split(' ');
-    const kind = words[0];
-    if (kind === 'ok' || kind === 'deny') {
-      if (words.length !== 4) return this.oddLine();
-      const pid = words[1];
-      const ip = remoteIp(words[3]) ?? this.pids.get(pid) ?? null;
-      this.pids.delete(pid);
-      if (ip === null) return this.oddLine();
-      return { at, ip, denied: kind === 'deny' };
+    if (!text.startsWith('tcpserver: ', from)) return null;
+    from += 11;
+    let denied: boolean;
+    if (text.startsWith('ok ', from)) {
+      denied = false;
+      from += 3;
+    } else if (text.startsWith('deny ', from)) {
+      denied = true;
+      from += 5;
+    } else return null;
+    // PID LOCAL REMOTE: three words, the last one the remote field
+    const a = text.indexOf(' ', from);
+    const b = a < 0 ? -1 : text.indexOf(' ', a + 1);
+    if (b < 0 || text.indexOf(' ', b + 1) >= 0) return this.oddLine();
+    const ip = remoteIp(text.slice(b + 1));
+    if (ip === null) return this.oddLine();
+    return { at, ip, denied };
+  }
+
+  /** parseTai64n, with the seconds of the last label remembered (a busy log repeats them line after line). */
+  private label(label: string): number | null {
+    const secs = label.slice(0, 17);
+    if (secs === this.lastSecs) {
+      const nanos = label.slice(17);
+      if (nanos.length === 8 && /^[0-9a-f]{8}$/i.test(nanos)) {
+        const ns = Number.parseInt(nanos, 16);
+        if (ns <= 999_999_999) return this.lastSecsMs + Math.floor(ns / 1e6);
+      }
     }
-    if (kind === 'pid' && words.length === 4 && words[2] === 'from') {
-      const ip = canonicalIp(words[3]);
-      if (ip !== null) this.pids.set(words[1], ip);
-      if (this.pids.size > 100_000) this.pids.clear(); // lines lost somewhere: do not grow without end
-      return null;
+    const ms = parseTai64n(label);
+    if (ms !== null) {
+      this.lastSecs = secs;
+      this.lastSecsMs = ms - (ms % 1000);
     }
-    if (kind === 'end') this.pids.delete(words[1]);
-    return null;
+    return ms;
   }
 
   private oddLine(): null {
@@ -117,31 +174,49 @@ export const SLOT_MS = 10 * 60 * 1000;
 
 /** Adds connections up per address and slot. */
 export class ConnectionCounter {
-  private readonly counts = new Map<string, ConnectionCount>();
+  /** slot -> address -> count: a log is in time order, so the slot's map is found once per slot, not per line. */
+  private readonly slots = new Map<number, Map<string, ConnectionCount>>();
+  private lastSlot = Number.NaN;
+  private lastMap: Map<string, ConnectionCount> | null = null;
+  private n = 0;
 
   add(c: Connection, fallbackAt: number): void {
     const at = c.at ?? fallbackAt;
     const slot = at - (((at % SLOT_MS) + SLOT_MS) % SLOT_MS);
-    const key = `${c.ip} ${slot}`;
-    let n = this.counts.get(key);
-    if (!n) {
-      n = { ip: c.ip, slot, connections: 0, denied: 0, first: at, last: at };
-      this.counts.set(key, n);
+    let m = this.lastMap;
+    if (slot !== this.lastSlot || m === null) {
+      m = this.slots.get(slot) ?? null;
+      if (m === null) {
+        m = new Map();
+        this.slots.set(slot, m);
+      }
+      this.lastSlot = slot;
+      this.lastMap = m;
     }
-    n.connections++;
-    if (c.denied) n.denied++;
-    if (at < n.first) n.first = at;
-    if (at > n.last) n.last = at;
+    const r = m.get(c.ip);
+    if (r === undefined) {
+      m.set(c.ip, { ip: c.ip, slot, connections: 1, denied: c.denied ? 1 : 0, first: at, last: at });
+      this.n++;
+      return;
+    }
+    r.connections++;
+    if (c.denied) r.denied++;
+    if (at < r.first) r.first = at;
+    if (at > r.last) r.last = at;
   }
 
   get size(): number {
-    return this.counts.size;
+    return this.n;
   }
 
   /** The counts so far, and a fresh start. */
   take(): ConnectionCount[] {
-    const out = [...this.counts.values()];
-    this.counts.clear();
+    const out: ConnectionCount[] = [];
+    for (const m of this.slots.values()) for (const r of m.values()) out.push(r);
+    this.slots.clear();
+    this.lastMap = null;
+    this.lastSlot = Number.NaN;
+    this.n = 0;
     return out;
   }
 }

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConnectionCounter, SLOT_MS, TcpserverLog, formatTai64n, parseTai64n } from '../../lib/qmail/tcpserver-log.js';
-import { type LogPosition, readLogSince } from '../../lib/io/multilog-read.js';
+import { type LogPosition, readLogBytesSince, readLogSince } from '../../lib/io/multilog-read.js';
 
 describe('TAI64N labels', () => {
   it('reads what tai64nlocal reads (TAI = UTC + 10 s), to the millisecond, and round-trips', () => {
@@ -37,15 +37,30 @@ describe('tcpserver lines', () => {
     expect(log.line(`${at} tcpserver: ok 1 ::1:2001:db8::1:25 :2001:DB8:BAD::5::40000`)?.ip).toBe('2001:db8:bad::5');
     expect(log.line(`${at} tcpserver: ok 2 0:::ffff:192.0.2.1:25 :::ffff:203.0.113.9::40000`)?.ip).toBe('203.0.113.9');
   });
-  it('falls back to the pid line when the remote field does not parse; other lines are not connections', () => {
+  it('other lines are not connections; an ok line it cannot read is counted as odd, not guessed', () => {
     const log = new TcpserverLog();
-    log.line(`${at} tcpserver: pid 77 from 203.0.113.77`);
-    expect(log.line(`${at} tcpserver: ok 77 0:192.0.2.1:25 garbage`)?.ip).toBe('203.0.113.77');
-    expect(log.line(`${at} tcpserver: ok 78 0:192.0.2.1:25 garbage`)).toBeNull();
-    expect(log.odd).toBe(1);
+    expect(log.line(`${at} tcpserver: pid 77 from 203.0.113.77`)).toBeNull();
+    expect(log.line(`${at} tcpserver: ok 77 0:192.0.2.1:25 garbage`)).toBeNull();
+    expect(log.line(`${at} tcpserver: ok 78 0:192.0.2.1:25 :203.0.113.78::1 extra`)).toBeNull();
+    expect(log.line(`${at} tcpserver: ok 79 :999.0.113.79::1`)).toBeNull();
+    expect(log.odd).toBe(3);
     expect(log.line(`${at} qmail-smtpd: pid 77 from 203.0.113.77`)).toBeNull();
     expect(log.line(`${at} rblsmtpd: 203.0.113.77 pid 77: 451 listed`)).toBeNull();
+    expect(log.line(`${at} tcpserver: okay 1 2 3`)).toBeNull();
+    expect(log.odd).toBe(3);
     expect(log.line('tcpserver: ok 79 0:192.0.2.1:25 :203.0.113.79::1')).toEqual({ at: null, ip: '203.0.113.79', denied: false }); // multilog without t
+  });
+  it('reads the same from the reader\'s bytes as from text', () => {
+    const lines = [`${at} tcpserver: status: 1/40`, `${at} tcpserver: pid 5 from 203.0.113.5`, `${at} tcpserver: deny 5 0:192.0.2.1:25 :203.0.113.5::9`, `${at} tcpserver: end 5 status 256`, 'tcpserver: ok 6 0:192.0.2.1:25 :203.0.113.6::9', 'x'];
+    const buf = Buffer.from(lines.join('\n'), 'latin1');
+    const got: unknown[] = [];
+    let s = 0;
+    for (const l of lines) {
+      got.push(new TcpserverLog().lineBytes(buf, s, s + l.length));
+      s += l.length + 1;
+    }
+    expect(got).toEqual(lines.map((l) => new TcpserverLog().line(l)));
+    expect(got.filter(Boolean)).toHaveLength(2);
   });
   it('adds connections up per address and ten-minute slot', () => {
     const c = new ConnectionCounter();
@@ -143,6 +158,22 @@ describe('following a multilog directory', () => {
     const b = read(dir, a.position);
     expect(b.got).toEqual(['@4000000000000002 other file, longer than the first']);
     expect(b.lost).not.toBeNull();
+  });
+
+  it('a read limited in bytes stops at a whole line, and the next read goes on from there, across files', () => {
+    const dir = mk();
+    const cur = path.join(dir, 'current');
+    fs.writeFileSync(cur, 'aaaa\nbbbb\ncccc\n');
+    rotate(dir);
+    fs.writeFileSync(cur, 'dddd\neeee\n');
+    const got: string[] = [];
+    let pos: LogPosition | null = null;
+    for (let run = 0; run < 10; run++) {
+      const r = readLogBytesSince(dir, pos, (b, s, e) => got.push(b.toString('latin1', s, e)), 7);
+      pos = r.position;
+      if (!r.more) break;
+    }
+    expect(got).toEqual(['aaaa', 'bbbb', 'cccc', 'dddd', 'eeee']);
   });
 
   it('a missing directory is an error naming it', () => {
