@@ -3,7 +3,7 @@
 // 1024) in the shape `tcpserver -v | multilog t` writes (status, pid, ok or deny, end lines per
 // connection; 20,000 client addresses over the last 2 days), then times in one run, warm:
 //   floor     `wc -l current`
-//   parse     the reader and parser alone, in this process (readLogSince + TcpserverLog +
+//   parse     the reader and parser alone, in this process (readLogBytesSince + TcpserverLog +
 //             ConnectionCounter: what scan-queue does before the database)
 //   command   `scan-queue` with an empty queue and QGUARD_SMTPD_LOG, into a fresh database
 //             (counts written: one row per address and ten-minute slot), with its max RSS

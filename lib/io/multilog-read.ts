@@ -74,14 +74,10 @@ function readHead(fd: number, size: number): string {
 }
 
 /**
- * Every line written after `from` (all of the directory when null), in order, to `onLine`
- * (latin1 text without its newline). Returns where the next read starts.
+ * Every line written after `from` (all of the directory when null), in order, to `onLine` as
+ * bytes [start, end) of a buffer that is reused after the call (decode only what is needed),
+ * at most about `maxBytes` of them (whole lines). Returns where the next read starts.
  */
-export function readLogSince(dir: string, from: LogPosition | null, onLine: (line: string) => void): LogRead {
-  return readLogBytesSince(dir, from, (buf, start, end) => onLine(buf.toString('latin1', start, end)));
-}
-
-/** The same, each line as bytes [start, end) of a buffer that is reused after the call: decode only what is needed. */
 export function readLogBytesSince(
   dir: string,
   from: LogPosition | null,

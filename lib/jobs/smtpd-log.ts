@@ -29,12 +29,9 @@ export interface SmtpdLogSummary {
 
 /** Counted slots are kept this long beyond the window. */
 const KEEP_MARGIN_SECONDS = 86400;
-/** Counts are written whenever this many address-slots are held. */
-const FLUSH_AT = 50_000;
 /**
- * At most this much of the log a run: the reading is synchronous, so the counts of one run
- * are all held until it ends (a 1 GB first read peaked at 612 MB). The rest waits for the
- * next minute's run.
+ * At most this much of the log a run: the counts of a run are held until its reading ends (a
+ * 1 GB first read peaked at 612 MB). The rest waits for the next minute's run.
  */
 const MAX_BYTES_PER_RUN = 128 * 1024 * 1024;
 
@@ -47,27 +44,18 @@ export async function ingestSmtpdLog(ctx: RunContext, tx: Queryable, dir: string
   const now = Date.now();
   let connections = 0;
   let denied = 0;
-  const pending: Promise<void>[] = [];
-  let read: ReturnType<typeof readLogBytesSince>;
-  try {
-    read = readLogBytesSince(dir, from, (buf, s, e) => {
+  const read = readLogBytesSince(
+    dir,
+    from,
+    (buf, s, e) => {
       const c = parser.lineBytes(buf, s, e);
       if (c === null) return;
       connections++;
       if (c.denied) denied++;
       counter.add(c, now);
-      if (counter.size >= FLUSH_AT) {
-        const p = addConnections(tx, host, counter.take());
-        p.catch(() => {}); // awaited below, in order; not an unhandled rejection meanwhile
-        pending.push(p);
-      }
-    }, MAX_BYTES_PER_RUN);
-  } catch (err) {
-    await Promise.allSettled(pending);
-    throw err;
-  }
-  // The log is read synchronously; the batches it filled go out in order on the one connection.
-  for (const p of pending) await p;
+    },
+    MAX_BYTES_PER_RUN,
+  );
   await addConnections(tx, host, counter.take());
   if (read.position) await saveLogPosition(tx, host, dir, read.position);
   await pruneConnections(tx, ctx.config.windowSeconds + KEEP_MARGIN_SECONDS);

@@ -10,7 +10,7 @@
 // the label is multilog's TAI64N stamp, present with multilog's `t`.) A connection is counted
 // once, from its `ok` or `deny` line.
 
-import { isIP } from 'node:net';
+import { formatNetShort, parseIp } from '../net/address.js';
 
 /** A connection tcpserver accepted (`ok`) or refused by its rules (`deny`). */
 export interface Connection {
@@ -23,16 +23,27 @@ export interface Connection {
 /** TAI64 labels count from 2^62, and daemontools' clock is TAI = UTC + 10 s (leap seconds ignored, as tai64nlocal does). */
 const TAI64_EPOCH = 2n ** 62n + 10n;
 
-const LABEL = /^@[0-9a-f]{24}$/i;
+/** Eight hex digits of `s` from `at` as a number; -1 if one is not a hex digit. */
+function hex8(s: string, at: number): number {
+  let v = 0;
+  for (let i = at; i < at + 8; i++) {
+    const c = s.charCodeAt(i);
+    const d = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
 
 /** `@` + 16 hex digits of seconds + 8 of nanoseconds -> epoch milliseconds; null if it is not a label. */
 export function parseTai64n(label: string): number | null {
-  if (label.length !== 25 || label[0] !== '@' || !LABEL.test(label)) return null;
-  const nanos = Number.parseInt(label.slice(17), 16);
-  if (nanos > 999_999_999) return null;
-  const hi = label.slice(1, 9);
-  // Until 2106 the seconds are 0x40000000 followed by 32 bits: plain numbers, no BigInt.
-  const secs = hi === '40000000' ? Number.parseInt(label.slice(9, 17), 16) - 10 : Number(BigInt(`0x${label.slice(1, 17)}`) - TAI64_EPOCH);
+  if (label.length !== 25 || label.charCodeAt(0) !== 64 /* @ */) return null;
+  const hi = hex8(label, 1);
+  const lo = hex8(label, 9);
+  const nanos = hex8(label, 17);
+  if (hi < 0 || lo < 0 || nanos < 0 || nanos > 999_999_999) return null;
+  // Until 2106 the high half is 0x40000000: plain numbers, no BigInt.
+  const secs = hi === 0x40000000 ? lo - 10 : Number(BigInt(`0x${label.slice(1, 17)}`) - TAI64_EPOCH);
   return secs * 1000 + Math.floor(nanos / 1e6);
 }
 
@@ -73,14 +84,12 @@ function isIpv4(ip: string): boolean {
   return parts === 4;
 }
 
-/** One spelling per address (so that one address is one row): lower case, `::ffff:a.b.c.d` as the IPv4 address it is. */
+/** One spelling per address (so that one address is one row): a dotted quad as it is, anything else as lib/net/address spells it (`::ffff:a.b.c.d` as the IPv4 address). */
 function canonicalIp(ip: string): string | null {
   if (isIpv4(ip)) return ip;
-  const kind = isIP(ip);
-  if (kind === 4) return ip;
-  if (kind !== 6) return null;
-  const lower = ip.toLowerCase();
-  return lower.startsWith('::ffff:') && isIP(lower.slice(7)) === 4 ? lower.slice(7) : lower;
+  if (ip.includes('/')) return null;
+  const parsed = parseIp(ip);
+  return parsed.ok ? formatNetShort(parsed.net) : null;
 }
 
 /**
@@ -89,8 +98,6 @@ function canonicalIp(ip: string): string | null {
  * field does not parse is counted in `odd`, not guessed from another line).
  */
 export class TcpserverLog {
-  private lastSecs = '';
-  private lastSecsMs = 0;
   /** Lines of tcpserver's `ok`/`deny` that were not understood (kept for the summary, not fatal). */
   odd = 0;
 
@@ -113,7 +120,7 @@ export class TcpserverLog {
     let at: number | null = null;
     let from = 0;
     if (text.charCodeAt(0) === 64 /* @ */) {
-      at = this.label(text.slice(0, 25));
+      at = parseTai64n(text.slice(0, 25));
       from = 26;
     }
     if (!text.startsWith('tcpserver: ', from)) return null;
@@ -133,24 +140,6 @@ export class TcpserverLog {
     const ip = remoteIp(text.slice(b + 1));
     if (ip === null) return this.oddLine();
     return { at, ip, denied };
-  }
-
-  /** parseTai64n, with the seconds of the last label remembered (a busy log repeats them line after line). */
-  private label(label: string): number | null {
-    const secs = label.slice(0, 17);
-    if (secs === this.lastSecs) {
-      const nanos = label.slice(17);
-      if (nanos.length === 8 && /^[0-9a-f]{8}$/i.test(nanos)) {
-        const ns = Number.parseInt(nanos, 16);
-        if (ns <= 999_999_999) return this.lastSecsMs + Math.floor(ns / 1e6);
-      }
-    }
-    const ms = parseTai64n(label);
-    if (ms !== null) {
-      this.lastSecs = secs;
-      this.lastSecsMs = ms - (ms % 1000);
-    }
-    return ms;
   }
 
   private oddLine(): null {

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConnectionCounter, SLOT_MS, TcpserverLog, formatTai64n, parseTai64n } from '../../lib/qmail/tcpserver-log.js';
-import { type LogPosition, readLogBytesSince, readLogSince } from '../../lib/io/multilog-read.js';
+import { type LogPosition, readLogBytesSince } from '../../lib/io/multilog-read.js';
 
 describe('TAI64N labels', () => {
   it('reads what tai64nlocal reads (TAI = UTC + 10 s), to the millisecond, and round-trips', () => {
@@ -87,7 +87,7 @@ describe('following a multilog directory', () => {
   };
   const read = (dir: string, from: LogPosition | null) => {
     const lines: string[] = [];
-    const r = readLogSince(dir, from, (l) => lines.push(l));
+    const r = readLogBytesSince(dir, from, (b, s, e) => lines.push(b.toString('latin1', s, e)));
     return { ...r, got: lines };
   };
   let n = 0;
@@ -177,6 +177,6 @@ describe('following a multilog directory', () => {
   });
 
   it('a missing directory is an error naming it', () => {
-    expect(() => readLogSince('/nonexistent/qguard-log', null, () => {})).toThrow(/unable to read the log directory \/nonexistent\/qguard-log/);
+    expect(() => readLogBytesSince('/nonexistent/qguard-log', null, () => {})).toThrow(/unable to read the log directory \/nonexistent\/qguard-log/);
   });
 });
