@@ -16,14 +16,10 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import pg from 'pg';
 import { generateQueue } from './gen-queue.js';
-import { timed, type Timed } from './timed.js';
+import { benchDatabase, bin, timed, type Timed } from './timed.js';
 import { QueueBuilder, fromTemplate, fixtureTemplates } from '../test/helpers/queue-builder.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const ADMIN_URL = process.env.QGUARD_TEST_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1/postgres';
 const COUNT = Number(process.env.COUNT ?? 100_000);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const NAME = 'qguard_bench_scan';
@@ -37,25 +33,10 @@ function floor(queue: string): Timed {
 async function main() {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'qguard-bench-scan-'));
   const queueDir = process.env.QUEUE ?? path.join(work, 'queue');
-  const admin = new pg.Client({ connectionString: ADMIN_URL });
-  await admin.connect();
-  const url = new URL(ADMIN_URL);
-  url.pathname = `/${NAME}`;
-  const env = {
-    ...process.env,
-    QGUARD_DATABASE_URL: url.toString(),
-    QGUARD_STATE_DIR: path.join(work, 'state'),
-    QGUARD_CONFIG: '/dev/null',
-    QGUARD_HOST: 'bench',
-    QGUARD_QUEUE: queueDir,
-  };
-  const bin = (name: string) => path.join(ROOT, 'dist/bin', `${name}.js`);
+  const bdb = await benchDatabase(NAME, work, { QGUARD_QUEUE: queueDir });
+  const env = bdb.env;
   /** An empty, migrated database: each round's cold scan starts from nothing. */
-  const freshDatabase = async () => {
-    await admin.query(`DROP DATABASE IF EXISTS ${NAME} WITH (FORCE)`);
-    await admin.query(`CREATE DATABASE ${NAME}`);
-    execFileSync(process.execPath, [bin('qguard'), 'db', 'migrate'], { env });
-  };
+  const freshDatabase = () => bdb.fresh();
   try {
     if (!process.env.QUEUE) {
       const t0 = performance.now();
@@ -123,8 +104,7 @@ async function main() {
       ].join('\n'),
     );
   } finally {
-    await admin.query(`DROP DATABASE IF EXISTS ${NAME} WITH (FORCE)`).catch(() => {});
-    await admin.end();
+    await bdb.close();
     if (!process.env.KEEP) fs.rmSync(work, { recursive: true, force: true });
     else process.stdout.write(`kept ${work}\n`);
   }

@@ -16,15 +16,12 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { timed } from './timed.js';
+import { benchDatabase, bin, timed } from './timed.js';
 import { QueueBuilder } from '../test/helpers/queue-builder.js';
 import { readLogBytesSince } from '../lib/io/multilog-read.js';
 import { ConnectionCounter, TcpserverLog, formatTai64n } from '../lib/qmail/tcpserver-log.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const ADMIN_URL = process.env.QGUARD_TEST_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1/postgres';
 const SIZE = Number(process.env.SIZE_MB ?? 1024) * 1024 * 1024;
 const NAME = 'qguard_bench_smtpd_log';
 
@@ -82,20 +79,8 @@ async function main() {
   const current = path.join(logDir, 'current');
   const emptyQueue = QueueBuilder.create();
   const queue = emptyQueue.dir;
-  const admin = new pg.Client({ connectionString: ADMIN_URL });
-  await admin.connect();
-  const url = new URL(ADMIN_URL);
-  url.pathname = `/${NAME}`;
-  const env = {
-    ...process.env,
-    QGUARD_DATABASE_URL: url.toString(),
-    QGUARD_STATE_DIR: path.join(work, 'state'),
-    QGUARD_CONFIG: '/dev/null',
-    QGUARD_HOST: 'bench',
-    QGUARD_QUEUE: queue,
-    QGUARD_SMTPD_LOG: logDir,
-  };
-  const bin = (name: string) => path.join(ROOT, 'dist/bin', `${name}.js`);
+  const bdb = await benchDatabase(NAME, work, { QGUARD_QUEUE: queue, QGUARD_SMTPD_LOG: logDir });
+  const env = bdb.env;
   try {
     const t0 = performance.now();
     const g = generate(current, SIZE);
@@ -126,9 +111,7 @@ async function main() {
       `ours: read + parse + count          ${Math.round(parseMs).toString().padStart(7)} ms   ${(mb / (parseMs / 1000)).toFixed(0)} MB/s = ${((wc.ms / parseMs) * 100).toFixed(0)}% of wc -l's speed (goal >= 50%)\n`,
     );
 
-    await admin.query(`DROP DATABASE IF EXISTS ${NAME} WITH (FORCE)`);
-    await admin.query(`CREATE DATABASE ${NAME}`);
-    execFileSync(process.execPath, [bin('qguard'), 'db', 'migrate'], { env });
+    await bdb.fresh();
     // A run reads at most 128 MB: the backlog takes several runs, timed together.
     const cmd = { ms: 0, rssMb: 0 };
     const s = { connections: 0, ms: 0, runs: 0 };
@@ -143,7 +126,7 @@ async function main() {
       if (!l.more) break;
     }
     if (s.connections !== g.connections) throw new Error(`scan-queue counted ${s.connections} of ${g.connections}`);
-    const c2 = new pg.Client({ connectionString: url.toString() });
+    const c2 = new pg.Client({ connectionString: bdb.url });
     await c2.connect();
     const stored = (await c2.query<{ n: string }>('SELECT count(*) AS n FROM qguard.connections')).rows[0].n;
     await c2.end();
@@ -154,8 +137,7 @@ async function main() {
     const again = timed(process.execPath, [bin('scan-queue'), '--json', '--no-deny'], env);
     process.stdout.write(`ours: scan-queue, nothing new        ${Math.round(again.ms).toString().padStart(7)} ms   (log part ${JSON.parse(again.stdout).smtpdLog.ms} ms)\n`);
   } finally {
-    await admin.query(`DROP DATABASE IF EXISTS ${NAME} WITH (FORCE)`).catch(() => {});
-    await admin.end();
+    await bdb.close();
     emptyQueue.destroy();
     if (!process.env.KEEP) fs.rmSync(work, { recursive: true, force: true });
   }
