@@ -64,13 +64,22 @@ export interface Config {
   copyBytes: number;
   /** tcpserver's multilog directory that scan-queue counts connections from; null: none. */
   smtpdLog: string | null;
+  /** The spool contrib/qmail/qguard-queue appends accepted messages to; null: none. */
+  acceptedSpool: string | null;
+  /** What the threshold counts: messages still queued, accepted messages (the spool), or either. */
+  count: CountMode;
+  /** Deny an address that opens this many connections (refused ones too) within `seconds`; null: off. */
+  connectionLimit: { connections: number; seconds: number } | null;
   /** `qguard web`: where it listens (HOST:PORT). */
   webListen: string;
   /** `qguard web`: a session ends after this long without a request, seconds. */
   webIdleSeconds: number;
 }
 
-type Kind = 'string' | 'path' | 'bool' | 'int' | 'duration' | 'nets' | 'ports' | 'enum' | 'prefixes';
+type Kind = 'string' | 'path' | 'bool' | 'int' | 'duration' | 'nets' | 'ports' | 'enum' | 'prefixes' | 'rate';
+
+export const COUNT_MODES = ['queued', 'accepted', 'both'] as const;
+export type CountMode = (typeof COUNT_MODES)[number];
 
 interface KeySpec {
   key: string;
@@ -121,6 +130,9 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'QGUARD_LOCK_WAIT', kind: 'duration' },
   { key: 'QGUARD_COPY_BYTES', kind: 'int' },
   { key: 'QGUARD_SMTPD_LOG', kind: 'string' },
+  { key: 'QGUARD_ACCEPTED_SPOOL', kind: 'string' },
+  { key: 'QGUARD_COUNT', kind: 'enum', values: COUNT_MODES },
+  { key: 'QGUARD_CONNECTION_LIMIT', kind: 'rate' },
   { key: 'QGUARD_WEB_LISTEN', kind: 'string' },
   { key: 'QGUARD_WEB_IDLE', kind: 'duration' },
 ];
@@ -249,6 +261,17 @@ export function resolveConfig(inputs: ConfigInputs): Config {
     if (!values.includes(v)) fail(p.origin, `must be one of ${values.join(', ')}: ${quoteInput(p.value)}`);
     return v as T;
   };
+  /** `N/DURATION` (300/10m), or empty for none. */
+  const rate = (key: string): { connections: number; seconds: number } | null => {
+    const p = pick(key);
+    if (!p || ['', 'none', 'off'].includes(p.value.trim())) return null;
+    const m = /^\s*(\d{1,9})\s*\/\s*(\S+)\s*$/.exec(p.value);
+    if (!m) return fail(p.origin, `not COUNT/DURATION (such as 300/10m): ${quoteInput(p.value)}`);
+    const d = parseDuration(m[2]);
+    if ('error' in d) return fail(p.origin, d.error);
+    if (Number(m[1]) < 1 || d.seconds < 60) return fail(p.origin, `at least 1 connection in at least 1m: ${quoteInput(p.value)}`);
+    return { connections: Number(m[1]), seconds: d.seconds };
+  };
   const ports = (key: string, dflt: number[]): number[] => {
     const p = pick(key);
     if (!p) return dflt;
@@ -326,6 +349,9 @@ export function resolveConfig(inputs: ConfigInputs): Config {
     lockWaitSeconds: duration('QGUARD_LOCK_WAIT', 60)!,
     copyBytes: int('QGUARD_COPY_BYTES', 64 * 1024, 0, 16 * 1024 * 1024),
     smtpdLog: str('QGUARD_SMTPD_LOG', '').trim() === '' ? null : path('QGUARD_SMTPD_LOG', ''),
+    acceptedSpool: str('QGUARD_ACCEPTED_SPOOL', '').trim() === '' ? null : path('QGUARD_ACCEPTED_SPOOL', ''),
+    count: oneOf<CountMode>('QGUARD_COUNT', 'queued'),
+    connectionLimit: rate('QGUARD_CONNECTION_LIMIT'),
     webListen: str('QGUARD_WEB_LISTEN', '127.0.0.1:8025').trim(),
     webIdleSeconds: duration('QGUARD_WEB_IDLE', 30 * 60)!,
   };

@@ -139,8 +139,11 @@ export interface WhyReport {
   rule: RuleView | null;
   others: RuleView[];
   meaning: string;
-  /** SMTP connections counted from tcpserver's log within the window, every mail server (QGUARD_SMTPD_LOG); null when none were counted. */
-  connections: { window: string; connections: number; denied: number; firstSeen: string | null; lastSeen: string | null; hosts: number } | null;
+  /**
+   * Within the window, every mail server: SMTP connections counted from tcpserver's log
+   * (QGUARD_SMTPD_LOG) and messages accepted (QGUARD_ACCEPTED_SPOOL); null when none were counted.
+   */
+  connections: { window: string; connections: number; denied: number; accepted: number; firstSeen: string | null; lastSeen: string | null; hosts: number } | null;
 }
 
 const MEANING: Record<Action | 'default', string> = {
@@ -171,11 +174,12 @@ export async function ipWhy(ctx: RunContext, ipText: string): Promise<WhyReport>
     connections: null,
   };
   const seen = await connectionsOf(db, formatNetShort(ip), ctx.config.windowSeconds);
-  if (seen.connections > 0) {
+  if (seen.connections > 0 || seen.accepted > 0) {
     report.connections = {
       window: formatDuration(ctx.config.windowSeconds),
       connections: seen.connections,
       denied: seen.denied,
+      accepted: seen.accepted,
       firstSeen: seen.firstSeen?.toISOString() ?? null,
       lastSeen: seen.lastSeen?.toISOString() ?? null,
       hosts: seen.hosts,

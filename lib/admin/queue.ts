@@ -10,6 +10,7 @@ import { PermanentError, UsageError } from '../errors.js';
 import { formatNetShort, netContains } from '../net/address.js';
 import { rulesAndVerdicts } from '../ops/verdicts.js';
 import { ruleJson } from '../db/rules.js';
+import { connectionsOfMany } from '../db/connections.js';
 import { type MessageRow, listMessages, loadScanState, messageStats, topSources } from '../db/messages.js';
 import { type MessageExcerpt, messageExcerpt } from '../qmail/message-excerpt.js';
 import { listIds, openQueue, readHead, readMessage } from '../io/queue-walk.js';
@@ -96,6 +97,8 @@ const DECISION_SCAN = 5000;
 export interface QueueTopView {
   windowSeconds: number;
   threshold: number;
+  /** What the threshold counts (QGUARD_COUNT). */
+  count: 'queued' | 'accepted' | 'both';
   sources: SourceView[];
   /** The page shown (from 1), and whether there are more. */
   page: number;
@@ -116,6 +119,10 @@ export interface SourceView {
   hosts: string[];
   firstArrival: string | null;
   lastArrival: string | null;
+  /** In the window, every mail server: messages accepted (QGUARD_ACCEPTED_SPOOL), connections and refused ones (QGUARD_SMTPD_LOG). */
+  accepted: number;
+  connections: number;
+  deniedConnections: number;
 }
 
 /** `qguard queue top [--limit N]`: the screen an admin reads before denying. */
@@ -138,7 +145,11 @@ export async function queueTop(ctx: RunContext, opts: QueueTopOptions): Promise<
       ? await topSources(db, windowSeconds, limit + 1, { host: host ?? undefined, kind, sort, offset: (page - 1) * limit })
       : await topSources(db, windowSeconds, DECISION_SCAN, { host: host ?? undefined, kind, sort });
   const verdicts = await rulesAndVerdicts(db, top.map((t) => t.ip), ctx.protectedNets());
+  const seen = await connectionsOfMany(db, top.map((t) => t.ip), windowSeconds);
+  const { threshold, count } = ctx.config;
   let sources = top.map((t): SourceView => {
+    const c = seen.get(t.ip);
+    const accepted = c?.accepted ?? 0;
     const v = verdicts.get(t.ip);
     const d = v ? v.on(ctx.config.host) : { decision: 'default' as const, rule: null, protected: false };
     const exempt = v ? ctx.config.scanExempt.find((n) => netContains(n, v.net)) : undefined;
@@ -150,11 +161,14 @@ export async function queueTop(ctx: RunContext, opts: QueueTopOptions): Promise<
       rule: d.rule ? ruleJson(d.rule) : null,
       protected: d.protected,
       scanExempt: exempt ? formatNetShort(exempt) : null,
-      overThreshold: t.count >= ctx.config.threshold,
+      overThreshold: (count !== 'accepted' && t.count >= threshold) || (count !== 'queued' && accepted >= threshold),
       byKind: t.byKind,
       hosts: t.hosts,
       firstArrival: iso(t.firstArrival),
       lastArrival: iso(t.lastArrival),
+      accepted,
+      connections: c?.connections ?? 0,
+      deniedConnections: c?.denied ?? 0,
     };
   });
   if (decision !== null) sources = sources.filter((s) => s.decision === decision).slice((page - 1) * limit);
@@ -162,6 +176,7 @@ export async function queueTop(ctx: RunContext, opts: QueueTopOptions): Promise<
   return {
     windowSeconds,
     threshold: ctx.config.threshold,
+    count: ctx.config.count,
     sources: sources.slice(0, limit),
     page,
     more,

@@ -43,12 +43,16 @@ export function renderQueueList(rows: MessageView[], opts: { allHosts?: boolean 
 
 export function renderQueueTop(v: QueueTopView): string {
   if (v.sources.length === 0) return '';
-  const head = `queued messages per source IP, last ${formatDuration(v.windowSeconds)}, all hosts (threshold ${v.threshold})`;
+  // The accepted and connection columns only once the spool or the log has counted something.
+  const seen = v.sources.some((t) => t.accepted > 0 || t.connections > 0);
+  const counted = v.count === 'queued' ? '' : `, counting ${v.count === 'both' ? 'queued or accepted' : 'accepted'} messages`;
+  const head = `queued messages per source IP, last ${formatDuration(v.windowSeconds)}, all hosts (threshold ${v.threshold}${counted})`;
   const rows = v.sources.map((t) => {
     const note = t.protected ? ' protected' : t.scanExempt ? ' exempt' : '';
-    return `${String(t.count).padStart(6)}${t.overThreshold ? '*' : ' '} ${t.ip.padEnd(15)} ${(t.decision + note).padEnd(16)} ${forTerminal(t.sample ?? '')}`;
+    const more = seen ? ` ${String(t.accepted).padStart(8)} ${`${t.connections}/${t.deniedConnections}`.padStart(11)}` : '';
+    return `${String(t.count).padStart(6)}${t.overThreshold ? '*' : ' '}${more} ${t.ip.padEnd(15)} ${(t.decision + note).padEnd(16)} ${forTerminal(t.sample ?? '')}`;
   });
-  return lines([head, ...rows]);
+  return lines([head, ...(seen ? [" queued accepted conn/denied"] : []), ...rows]);
 }
 
 export function renderQueueShow(v: QueueShowView): string {
@@ -125,9 +129,11 @@ export function renderWhy(report: WhyReport): string {
     out.push(`  also: ${describeRule(r)}${ignored}`);
   }
   const c = report.connections;
-  if (c) {
+  const servers = (n: number) => `${n} mail server${n === 1 ? '' : 's'}`;
+  if (c && c.accepted > 0) out.push(`  accepted messages in ${c.window}: ${c.accepted} on ${servers(c.hosts)} (QMAILQUEUE spool)`);
+  if (c && c.connections > 0) {
     out.push(
-      `  connections in ${c.window}: ${c.connections} (${c.denied} denied) on ${c.hosts} mail server${c.hosts === 1 ? '' : 's'}, ` +
+      `  connections in ${c.window}: ${c.connections} (${c.denied} denied) on ${servers(c.hosts)}, ` +
         `first ${c.firstSeen ? shortTime(c.firstSeen) : '-'}, last ${c.lastSeen ? shortTime(c.lastSeen) : '-'} (tcpserver's log)`,
     );
   }

@@ -32,7 +32,7 @@ export interface LogRead {
   lost: string | null;
 }
 
-interface LogFile {
+export interface LogFile {
   name: string;
   file: string;
   inode: number;
@@ -46,7 +46,7 @@ const HEAD_BYTES = 64;
 const CHUNK = 1 << 20;
 
 /** The log's files in the order multilog wrote them: `@….s` and `@….u` by name, then `current`. */
-function logFiles(dir: string): LogFile[] {
+export function logFiles(dir: string): LogFile[] {
   let names: string[];
   try {
     names = fs.readdirSync(dir);
@@ -58,7 +58,7 @@ function logFiles(dir: string): LogFile[] {
   for (const name of [...rotated, ...(names.includes('current') ? ['current'] : [])]) {
     const file = path.join(dir, name);
     try {
-      const st = fs.statSync(file);
+      const st = fs.lstatSync(file); // not a symbolic link: the directory may belong to qmaild
       if (st.isFile()) out.push({ name, file, inode: st.ino, size: st.size });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new LogReadError(`unable to stat ${file}: ${(err as Error).message}`, { cause: err });

@@ -54,7 +54,8 @@ import {
   splitOf,
 } from '../qmail/queued-message.js';
 import { LogReadError } from '../io/multilog-read.js';
-import { type SmtpdLogSummary, ingestSmtpdLog } from './smtpd-log.js';
+import { acceptedOverThreshold, connectionsOverLimit } from '../db/connections.js';
+import { type AcceptedSpoolSummary, type SmtpdLogSummary, ingestAcceptedSpool, ingestSmtpdLog } from './smtpd-log.js';
 import { type GroupResult, type GroupSink, readGroup, readGroupsInThreads, readerThreads } from './scan-queue-groups.js';
 
 /** Flags of the scan-queue command (threshold and window come through the config). */
@@ -103,19 +104,28 @@ export interface ScanSummary {
   copied: number;
   /** What was read of tcpserver's log (QGUARD_SMTPD_LOG); null when it is not configured or could not be read. */
   smtpdLog: SmtpdLogSummary | null;
+  /** What was read of the spool of accepted messages (QGUARD_ACCEPTED_SPOOL); null likewise. */
+  acceptedSpool: AcceptedSpoolSummary | null;
+  /** What the threshold counted (QGUARD_COUNT). */
+  count: 'queued' | 'accepted' | 'both';
+  /** Addresses at or over QGUARD_CONNECTION_LIMIT, however they were handled (0 when it is off). */
+  overConnectionLimit: number;
 }
 
-/** tcpserver's log, in a savepoint: a log that cannot be read is warned about and leaves the queue scan whole. */
-async function countSmtpdLog(ctx: RunContext, tx: Queryable, dir: string): Promise<SmtpdLogSummary | null> {
-  await tx.exec('SAVEPOINT smtpd_log');
+/**
+ * A log or spool, in a savepoint: one that cannot be read is warned about and leaves the queue
+ * scan (and the other source) whole.
+ */
+async function countSource<T>(ctx: RunContext, tx: Queryable, key: string, what: string, read: () => Promise<T>): Promise<T | null> {
+  await tx.exec('SAVEPOINT log_source');
   try {
-    const s = await ingestSmtpdLog(ctx, tx, dir);
-    await tx.exec('RELEASE SAVEPOINT smtpd_log');
+    const s = await read();
+    await tx.exec('RELEASE SAVEPOINT log_source');
     return s;
   } catch (err) {
     if (!(err instanceof LogReadError)) throw err;
-    await tx.exec('ROLLBACK TO SAVEPOINT smtpd_log');
-    ctx.log.warn(`QGUARD_SMTPD_LOG: ${err.message}; connections not counted this run`);
+    await tx.exec('ROLLBACK TO SAVEPOINT log_source');
+    ctx.log.warn(`${key}: ${err.message}; ${what} not counted this run`);
     return null;
   }
 }
@@ -149,8 +159,22 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
   let summary: ScanSummary;
   try {
     summary = await db.transaction(async (tx) => {
-      const s = await scanInto(ctx, tx, layout, { dryRun, deny: opts.deny !== false, started, pgClient: db.pgClient });
-      if (ctx.config.smtpdLog !== null) s.smtpdLog = await countSmtpdLog(ctx, tx, path.resolve(ctx.config.smtpdLog));
+      const run = { dryRun, deny: opts.deny !== false, started, pgClient: db.pgClient };
+      const s = await scanInto(ctx, tx, layout, run);
+      const { smtpdLog, acceptedSpool } = ctx.config;
+      if (smtpdLog !== null) {
+        const dir = path.resolve(smtpdLog);
+        s.smtpdLog = await countSource(ctx, tx, 'QGUARD_SMTPD_LOG', 'connections', () => ingestSmtpdLog(ctx, tx, dir));
+      }
+      if (acceptedSpool !== null) {
+        const dir = path.resolve(acceptedSpool);
+        s.acceptedSpool = await countSource(ctx, tx, 'QGUARD_ACCEPTED_SPOOL', 'accepted messages', () => ingestAcceptedSpool(ctx, tx, dir));
+      }
+      // ---- count and deny: the queue, the log and the spool all read
+      const t0 = performance.now();
+      await denyOverThreshold(ctx, tx, s, run);
+      await denyOverConnectionLimit(ctx, tx, s, run);
+      s.phasesMs.count = performance.now() - t0;
       if (dryRun) throw new DryRunRollback(s);
       return s;
     });
@@ -185,7 +209,8 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
       `${Object.entries(summary.phasesMs).map(([k, v]) => `${k} ${v}`).join(', ')})` +
       (summary.smtpdLog
         ? `; ${summary.smtpdLog.dir}: ${summary.smtpdLog.lines} lines, ${summary.smtpdLog.connections} connections (${summary.smtpdLog.denied} denied) in ${summary.smtpdLog.ms} ms`
-        : ''),
+        : '') +
+      (summary.acceptedSpool ? `; ${summary.acceptedSpool.dir}: ${summary.acceptedSpool.accepted} accepted messages in ${summary.acceptedSpool.ms} ms` : ''),
   );
   ctx.jobSummary(summary);
   if (opts.json) ctx.printJson(summary);
@@ -227,6 +252,9 @@ async function scanInto(
     phasesMs: { look: 0, list: 0, stat: 0, read: 0, db: 0, count: 0, copy: 0 },
     copied: 0,
     smtpdLog: null,
+    acceptedSpool: null,
+    count: ctx.config.count,
+    overConnectionLimit: 0,
   };
   const ms = summary.phasesMs;
   const lookStart = performance.now();
@@ -362,11 +390,7 @@ async function scanInto(
   summary.scanned = await countLive(tx, host);
   summary.unchanged = summary.scanned - summary.new - summary.updated;
 
-  // ---- count and deny
   ms.db += performance.now() - t0;
-  t0 = performance.now();
-  await denyOverThreshold(ctx, tx, summary, run);
-  ms.count = performance.now() - t0;
 
   await saveScanState(tx, {
     host,
@@ -396,20 +420,69 @@ function exemption(
   return ruleRefusal(ip, 'deny', { protectedNets: ctx.protectedNets(), minPrefix: ctx.config.minPrefix });
 }
 
-async function denyOverThreshold(
+/** An address that passed a counting rule, and the reason its deny rule would give. */
+interface Candidate {
+  ip: string;
+  count: number;
+  reason: string;
+}
+
+/** The threshold (QGUARD_THRESHOLD in QGUARD_WINDOW) over what QGUARD_COUNT counts. */
+async function thresholdCandidates(ctx: RunContext, tx: Queryable, window: string): Promise<Candidate[]> {
+  const { windowSeconds, threshold, count } = ctx.config;
+  const queued = count === 'accepted' ? [] : await overThreshold(tx, windowSeconds, threshold);
+  const accepted = count === 'queued' ? [] : await acceptedOverThreshold(tx, windowSeconds, threshold);
+  if (count === 'queued') return queued.map((q) => ({ ip: q.ip, count: q.count, reason: `${q.count} queued messages in ${window}` }));
+  if (count === 'accepted') return accepted.map((a) => ({ ip: a.ip, count: a.count, reason: `${a.count} accepted messages in ${window}` }));
+  // both: either count (not their sum: a message still queued was accepted too)
+  const byIp = new Map<string, { q: number; a: number }>();
+  for (const q of queued) byIp.set(q.ip, { q: q.count, a: 0 });
+  for (const a of accepted) byIp.set(a.ip, { q: byIp.get(a.ip)?.q ?? 0, a: a.count });
+  return [...byIp]
+    .map(([ip, { q, a }]) => ({
+      ip,
+      count: Math.max(q, a),
+      reason: [q >= threshold ? `${q} queued messages` : '', a >= threshold ? `${a} accepted messages` : ''].filter(Boolean).join(', ') + ` in ${window}`,
+    }))
+    .sort((x, y) => y.count - x.count || (x.ip < y.ip ? -1 : 1));
+}
+
+async function denyOverThreshold(ctx: RunContext, tx: Queryable, summary: ScanSummary, run: { dryRun: boolean; deny: boolean }): Promise<void> {
+  const over = await thresholdCandidates(ctx, tx, summary.window);
+  summary.overThreshold = over.length;
+  await denyCandidates(ctx, tx, summary, run, over);
+}
+
+/** QGUARD_CONNECTION_LIMIT: an address that keeps connecting, refused or not — for the firewall to take over. */
+async function denyOverConnectionLimit(ctx: RunContext, tx: Queryable, summary: ScanSummary, run: { dryRun: boolean; deny: boolean }): Promise<void> {
+  const limit = ctx.config.connectionLimit;
+  if (limit === null) return;
+  const over = await connectionsOverLimit(tx, limit.seconds, limit.connections);
+  summary.overConnectionLimit = over.length;
+  const period = formatDuration(limit.seconds);
+  await denyCandidates(
+    ctx,
+    tx,
+    summary,
+    run,
+    over.map((o) => ({ ip: o.ip, count: o.connections, reason: `${o.connections} connections in ${period}${o.denied ? ` (${o.denied} refused by tcp.smtp)` : ''}` })),
+  );
+}
+
+async function denyCandidates(
   ctx: RunContext,
   tx: Queryable,
   summary: ScanSummary,
   run: { dryRun: boolean; deny: boolean },
+  over: readonly Candidate[],
 ): Promise<void> {
   const { config, log } = ctx;
-  const over = await overThreshold(tx, config.windowSeconds, config.threshold);
-  summary.overThreshold = over.length;
   if (over.length === 0) return;
   const verdicts = await rulesAndVerdicts(tx, over.map((o) => o.ip), ctx.protectedNets());
   for (const o of over) {
     const v = verdicts.get(o.ip);
     if (!v) continue;
+    if (summary.denied.includes(o.ip)) continue; // by the other rule, this run
     const ip = v.net;
     // The decision here and on every host that has a rule of its own for this address: a
     // partner trusted on one mail server is not denied for the whole fleet.
@@ -423,26 +496,25 @@ async function denyOverThreshold(
     const why = exemption(ip, decisions, ctx);
     if (why) {
       summary.notDenied.push({ ip: o.ip, count: o.count, why });
-      log.info(`not denying ${o.ip} (${o.count} queued messages): ${why}`);
+      log.info(`not denying ${o.ip} (${o.reason}): ${why}`);
       continue;
     }
     if (!run.deny) {
       summary.notDenied.push({ ip: o.ip, count: o.count, why: '--no-deny' });
       continue;
     }
-    const reason = `${o.count} queued messages in ${summary.window}`;
     if (!run.dryRun) {
       await upsertRule(tx, {
         net: ip,
         action: 'deny',
         source: 'scan',
-        reason,
+        reason: o.reason,
         who: `scan-queue (${config.host})`.slice(0, 200),
         ttlSeconds: config.scanBanSeconds,
         host: null,
       });
     }
     summary.denied.push(o.ip);
-    log.info(`${run.dryRun ? 'would deny' : 'denied'} ${o.ip}: ${reason}`);
+    log.info(`${run.dryRun ? 'would deny' : 'denied'} ${o.ip}: ${o.reason}`);
   }
 }

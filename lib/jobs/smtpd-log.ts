@@ -4,11 +4,17 @@
 // ten-minute slot (lib/qmail/tcpserver-log.ts), and adds them to qguard.connections with the
 // new read position, in scan-queue's transaction: a failed run counts nothing and the next one
 // reads the same lines again.
+//
+// The spool of accepted messages (QGUARD_ACCEPTED_SPOOL, written by contrib/qmail/qguard-queue)
+// is read the same way, into the same rows' `accepted` count; scan-queue also renames and removes
+// its files (lib/io/accepted-spool.ts), as multilog does for the log.
 
 import type { RunContext } from '../context.js';
 import type { Queryable } from '../db/connect.js';
 import { addConnections, loadLogPosition, pruneConnections, saveLogPosition } from '../db/connections.js';
-import { readLogBytesSince } from '../io/multilog-read.js';
+import { removeReadFiles, rotateIfRead } from '../io/accepted-spool.js';
+import { type LogRead, readLogBytesSince } from '../io/multilog-read.js';
+import { parseAcceptedLine } from '../qmail/accepted-spool.js';
 import { ConnectionCounter, TcpserverLog } from '../qmail/tcpserver-log.js';
 
 export interface SmtpdLogSummary {
@@ -23,6 +29,24 @@ export interface SmtpdLogSummary {
   /** Lines of tcpserver's that did not parse. */
   odd: number;
   /** Set when lines may have been missed (multilog deleted a file before it was read). */
+  lost: string | null;
+  ms: number;
+}
+
+export interface AcceptedSpoolSummary {
+  dir: string;
+  files: number;
+  bytes: number;
+  lines: number;
+  more: boolean;
+  /** Messages counted. */
+  accepted: number;
+  /** Lines that are not the program's. */
+  odd: number;
+  /** Read files removed, and whether `current` was renamed. */
+  removed: number;
+  rotated: boolean;
+  /** Set when lines may have been missed (a file was removed before it was read). */
   lost: string | null;
   ms: number;
 }
@@ -72,4 +96,34 @@ export async function ingestSmtpdLog(ctx: RunContext, tx: Queryable, dir: string
     lost: read.lost,
     ms: Math.round(performance.now() - started),
   };
+}
+
+export async function ingestAcceptedSpool(ctx: RunContext, tx: Queryable, dir: string): Promise<AcceptedSpoolSummary> {
+  const started = performance.now();
+  const host = ctx.config.host;
+  const from = await loadLogPosition(tx, host, dir);
+  // Only what the last kept run read to its end is removed: whatever this run's fate.
+  const removed = removeReadFiles(dir, from);
+  const counter = new ConnectionCounter();
+  let accepted = 0;
+  let odd = 0;
+  const read: LogRead = readLogBytesSince(
+    dir,
+    from,
+    (buf, s, e) => {
+      const a = parseAcceptedLine(buf, s, e);
+      if (a === null) {
+        odd++;
+        return;
+      }
+      accepted++;
+      counter.addAccepted(a.ip, a.at);
+    },
+    MAX_BYTES_PER_RUN,
+  );
+  await addConnections(tx, host, counter.take());
+  if (read.position) await saveLogPosition(tx, host, dir, read.position);
+  const rotated = read.more ? false : rotateIfRead(dir, read.position);
+  if (read.lost) ctx.log.warn(`${dir}: ${read.lost}`);
+  return { dir, files: read.files, bytes: read.bytes, lines: read.lines, more: read.more, accepted, odd, removed, rotated, lost: read.lost, ms: Math.round(performance.now() - started) };
 }

@@ -85,7 +85,7 @@ function isIpv4(ip: string): boolean {
 }
 
 /** One spelling per address (so that one address is one row): a dotted quad as it is, anything else as lib/net/address spells it (`::ffff:a.b.c.d` as the IPv4 address). */
-function canonicalIp(ip: string): string | null {
+export function canonicalIp(ip: string): string | null {
   if (isIpv4(ip)) return ip;
   if (ip.includes('/')) return null;
   const parsed = parseIp(ip);
@@ -148,13 +148,15 @@ export class TcpserverLog {
   }
 }
 
-/** Connections per address and ten-minute slot: what is stored (qguard.connections). */
+/** Connections and accepted messages per address and ten-minute slot: what is stored (qguard.connections). */
 export interface ConnectionCount {
   ip: string;
   /** Start of the slot, epoch milliseconds. */
   slot: number;
   connections: number;
   denied: number;
+  /** Messages handed to qmail-queue (the QMAILQUEUE spool, lib/qmail/accepted-spool.ts). */
+  accepted: number;
   first: number;
   last: number;
 }
@@ -170,7 +172,17 @@ export class ConnectionCounter {
   private n = 0;
 
   add(c: Connection, fallbackAt: number): void {
-    const at = c.at ?? fallbackAt;
+    const r = this.row(c.ip, c.at ?? fallbackAt);
+    r.connections++;
+    if (c.denied) r.denied++;
+  }
+
+  /** One message accepted from `ip` at `at` (epoch ms). */
+  addAccepted(ip: string, at: number): void {
+    this.row(ip, at).accepted++;
+  }
+
+  private row(ip: string, at: number): ConnectionCount {
     const slot = at - (((at % SLOT_MS) + SLOT_MS) % SLOT_MS);
     let m = this.lastMap;
     if (slot !== this.lastSlot || m === null) {
@@ -182,16 +194,16 @@ export class ConnectionCounter {
       this.lastSlot = slot;
       this.lastMap = m;
     }
-    const r = m.get(c.ip);
+    let r = m.get(ip);
     if (r === undefined) {
-      m.set(c.ip, { ip: c.ip, slot, connections: 1, denied: c.denied ? 1 : 0, first: at, last: at });
+      r = { ip, slot, connections: 0, denied: 0, accepted: 0, first: at, last: at };
+      m.set(ip, r);
       this.n++;
-      return;
+      return r;
     }
-    r.connections++;
-    if (c.denied) r.denied++;
     if (at < r.first) r.first = at;
     if (at > r.last) r.last = at;
+    return r;
   }
 
   get size(): number {

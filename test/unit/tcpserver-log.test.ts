@@ -66,10 +66,13 @@ describe('tcpserver lines', () => {
     const c = new ConnectionCounter();
     const t0 = Date.UTC(2026, 11, 7, 3, 0, 0);
     for (const [dt, ip, denied] of [[0, 'a', false], [1000, 'a', true], [SLOT_MS, 'a', false], [5, 'b', false]] as const) c.add({ at: t0 + dt, ip, denied }, 0);
+    c.addAccepted('b', t0 + 7);
+    c.addAccepted('c', t0 - 1);
     expect(c.take().sort((x, y) => x.ip.localeCompare(y.ip) || x.slot - y.slot)).toEqual([
-      { ip: 'a', slot: t0, connections: 2, denied: 1, first: t0, last: t0 + 1000 },
-      { ip: 'a', slot: t0 + SLOT_MS, connections: 1, denied: 0, first: t0 + SLOT_MS, last: t0 + SLOT_MS },
-      { ip: 'b', slot: t0, connections: 1, denied: 0, first: t0 + 5, last: t0 + 5 },
+      { ip: 'a', slot: t0, connections: 2, denied: 1, accepted: 0, first: t0, last: t0 + 1000 },
+      { ip: 'a', slot: t0 + SLOT_MS, connections: 1, denied: 0, accepted: 0, first: t0 + SLOT_MS, last: t0 + SLOT_MS },
+      { ip: 'b', slot: t0, connections: 1, denied: 0, accepted: 1, first: t0 + 5, last: t0 + 7 },
+      { ip: 'c', slot: t0 - SLOT_MS, connections: 0, denied: 0, accepted: 1, first: t0 - 1, last: t0 - 1 },
     ]);
     expect(c.size).toBe(0);
   });
