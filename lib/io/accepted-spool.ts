@@ -7,6 +7,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import type { BootClock } from '../qmail/accepted-spool.js';
 import { formatTai64n } from '../qmail/tcpserver-log.js';
 import { type LogPosition, LogReadError, logFiles } from './multilog-read.js';
 
@@ -57,4 +58,15 @@ export function rotateIfRead(dir: string, read: LogPosition | null, rotateBytes 
     throw new LogReadError(`unable to rename ${current}: ${(err as Error).message}`, { cause: err });
   }
   return true;
+}
+
+/** This boot's id and start, to date the program's `u…` lines; null where /proc has neither. */
+export function readBootClock(now = Date.now()): BootClock | null {
+  try {
+    const uptime = Number(fs.readFileSync('/proc/uptime', 'latin1').split(' ')[0]);
+    const bootId = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
+    return Number.isFinite(uptime) ? { bootId, bootMs: now - Math.round(uptime * 1000) } : null;
+  } catch {
+    return null;
+  }
 }

@@ -12,7 +12,7 @@
 import type { RunContext } from '../context.js';
 import type { Queryable } from '../db/connect.js';
 import { addConnections, loadLogPosition, pruneConnections, saveLogPosition } from '../db/connections.js';
-import { removeReadFiles, rotateIfRead } from '../io/accepted-spool.js';
+import { readBootClock, removeReadFiles, rotateIfRead } from '../io/accepted-spool.js';
 import { type LogRead, readLogBytesSince } from '../io/multilog-read.js';
 import { parseAcceptedLine } from '../qmail/accepted-spool.js';
 import { ConnectionCounter, TcpserverLog } from '../qmail/tcpserver-log.js';
@@ -105,13 +105,14 @@ export async function ingestAcceptedSpool(ctx: RunContext, tx: Queryable, dir: s
   // Only what the last kept run read to its end is removed: whatever this run's fate.
   const removed = removeReadFiles(dir, from);
   const counter = new ConnectionCounter();
+  const clock = readBootClock();
   let accepted = 0;
   let odd = 0;
   const read: LogRead = readLogBytesSince(
     dir,
     from,
     (buf, s, e) => {
-      const a = parseAcceptedLine(buf, s, e);
+      const a = parseAcceptedLine(buf, s, e, clock);
       if (a === null) {
         odd++;
         return;

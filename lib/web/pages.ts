@@ -192,6 +192,7 @@ export function ipPageHtml(v: IpPageView, p: PageContext): string {
   <dt>rule</dt><dd>${w.rule ? ruleLine(w.rule) : 'none (the default)'}</dd>
   ${w.others.map((r) => html`<dt>also</dt><dd>${ruleLine(r)}${w.protected && r.action === 'deny' ? ' (ignored: protected)' : ''}</dd>`)}
   <dt>tcp.smtp</dt><dd>${v.tcprules ? html`key <code>${v.tcprules.key ?? '(default)'}</code>: ${visible(v.tcprules.lines.join('; '))}` : 'the compiled rules are not readable here'}</dd>
+  ${w.connections ? html`<dt>seen in ${w.connections.window}</dt><dd>${w.connections.accepted} accepted messages, ${w.connections.connections} connections (${w.connections.denied} refused) on ${w.connections.hosts} mail server(s), last ${when(w.connections.lastSeen)}</dd>` : ''}
   <dt>firewall</dt><dd>${v.firewall.backend === 'none' ? 'not managed (QGUARD_FIREWALL=none)' : html`${v.firewall.backend}: ${v.firewall.blocked ? 'blocked' : 'not blocked'} (last apply ${when(v.firewall.lastApply)})`}</dd>
 </dl>
 <h2>Actions</h2>

@@ -15,7 +15,8 @@ import { runCli } from '../helpers/cli.js';
 import { type TestDb, createTestDb } from '../helpers/db.js';
 import { QueueBuilder, networkMessage, plainMessage } from '../helpers/queue-builder.js';
 import { haveTools } from '../helpers/tools.js';
-import { formatAcceptedLine } from '../../lib/qmail/accepted-spool.js';
+import { readBootClock } from '../../lib/io/accepted-spool.js';
+import { formatAcceptedLine, parseAcceptedLine } from '../../lib/qmail/accepted-spool.js';
 import { formatTai64n } from '../../lib/qmail/tcpserver-log.js';
 
 const PROGRAM = path.resolve(__dirname, '../../contrib/qmail/qguard-queue');
@@ -52,7 +53,7 @@ afterAll(async () => {
 });
 
 /** The program as qmail-smtpd runs it: the message on 0, the envelope (NUL-separated) on 1. */
-function runProgram(o: { ip: string; spool: string; exit?: number; out: string; qmailQueue?: string }) {
+function runProgram(o: { ip: string; spool: string; exit?: number; out: string; qmailQueue?: string; noProc?: boolean }) {
   const msg = path.join(tmp, 'msg');
   const env = path.join(tmp, 'envelope');
   fs.writeFileSync(msg, 'Received: from x\nSubject: hi\n\nbody\n'.repeat(2000)); // larger than a pipe's buffer
@@ -60,7 +61,9 @@ function runProgram(o: { ip: string; spool: string; exit?: number; out: string; 
   const fd0 = fs.openSync(msg, 'r');
   const fd1 = fs.openSync(env, 'r');
   try {
-    const r = spawnSync(PROGRAM, [], {
+    // noProc: where /proc is not there (another Unix): the program falls back to date(1)
+    const [cmd, args] = o.noProc ? ['unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs none /proc && exec "$0"', PROGRAM]] : [PROGRAM, []];
+    const r = spawnSync(cmd, args, {
       stdio: [fd0, fd1, 'pipe'],
       env: {
         PATH: '/usr/bin:/bin',
@@ -84,25 +87,31 @@ const spoolLines = (spool: string) => (fs.existsSync(path.join(spool, 'current')
 describe('the QMAILQUEUE program', () => {
   it('appends one line and hands qmail-queue the same descriptors, environment and message; its exit code passes through', () => {
     const spool = fs.mkdtempSync(path.join(tmp, 'spool-'));
-    const before = Math.floor(Date.now() / 1000);
-    for (const [i, exit] of [0, 71, 31, 53, 0].entries()) {
+    const before = Date.now();
+    for (const [i, exit] of [0, 71, 31, 53, 0, 0].entries()) {
       const out = path.join(tmp, `run${i}`);
-      const r = runProgram({ ip: i % 2 ? '2001:db8::25' : '198.51.100.25', spool, exit, out });
+      const r = runProgram({ ip: i % 2 ? '2001:db8::25' : '198.51.100.25', spool, exit, out, noProc: i === 5 });
       expect(r.code).toBe(exit); // 71/31 (and any other) unchanged: qmail-smtpd answers from it
       expect(r.stderr).toBe('');
-      expect(fs.readFileSync(`${out}.fd0`, 'utf8').trim()).toBe(r.msg);
-      expect(fs.readFileSync(`${out}.fd1`, 'utf8').trim()).toBe(r.env);
+      if (i !== 5) {
+        // (without /proc the fake cannot tell where its descriptors lead)
+        expect(fs.readFileSync(`${out}.fd0`, 'utf8').trim()).toBe(r.msg);
+        expect(fs.readFileSync(`${out}.fd1`, 'utf8').trim()).toBe(r.env);
+      }
       expect(fs.readFileSync(`${out}.message`)).toEqual(fs.readFileSync(r.msg)); // nothing of it read before
       expect(fs.readFileSync(`${out}.envelope`)).toEqual(fs.readFileSync(r.env));
       expect(fs.readFileSync(`${out}.env`, 'utf8')).toBe(`${i % 2 ? '2001:db8::25' : '198.51.100.25'}|${PROGRAM}`);
     }
     const lines = spoolLines(spool);
-    expect(lines).toHaveLength(5);
+    expect(lines).toHaveLength(6);
+    expect(lines.slice(0, 5).every((l) => /^u\d+\.\d\d [0-9a-f-]{36} \S+$/.test(l))).toBe(true); // no program started for the time
+    expect(lines[5]).toMatch(/^\d{10} 2001:db8::25$/); // date(1)
+    const clock = readBootClock();
     for (const [i, l] of lines.entries()) {
-      const [t, ip] = l.split(' ');
-      expect(Number(t)).toBeGreaterThanOrEqual(before);
-      expect(Number(t)).toBeLessThanOrEqual(Math.ceil(Date.now() / 1000));
-      expect(ip).toBe(i % 2 ? '2001:db8::25' : '198.51.100.25');
+      const got = parseAcceptedLine(Buffer.from(l), 0, l.length, clock)!;
+      expect(got.at).toBeGreaterThanOrEqual(before - 1000); // the uptime has hundredths, date(1) seconds
+      expect(got.at).toBeLessThanOrEqual(Date.now() + 20);
+      expect(got.ip).toBe(i % 2 ? '2001:db8::25' : '198.51.100.25');
     }
   });
 
@@ -332,7 +341,7 @@ describe.skipIf(!haveTools('tcpserver', 'tcprules'))('through a real tcpserver w
     for (let i = 0; i < 7; i++) expect(await session('127.0.0.1')).toBe('220\n250 0\n');
     for (let i = 0; i < 4; i++) expect(await session('127.0.0.2')).toBe('220\n250 0\n');
     for (let i = 0; i < 3; i++) expect(await session('127.0.0.3')).toBe('');
-    expect(spoolLines(spool).map((l) => l.split(' ')[1]).sort()).toEqual([...Array(7).fill('127.0.0.1'), ...Array(4).fill('127.0.0.2')]);
+    expect(spoolLines(spool).map((l) => l.split(' ').at(-1)).sort()).toEqual([...Array(7).fill('127.0.0.1'), ...Array(4).fill('127.0.0.2')]);
     expect((await scan({ QGUARD_ACCEPTED_SPOOL: spool })).acceptedSpool).toMatchObject({ accepted: 11, odd: 0 });
     expect((await why('127.0.0.2')).connections).toMatchObject({ accepted: 4 });
   });
