@@ -32,6 +32,8 @@ export interface Config {
   rulesStatic: string;
   tcprules: string;
   tcprulescheck: string;
+  /** IPv6 keys in tcp.smtp: `auto` when the installed tcprules is the IPv6 one (ucspi-tcp-ipv6). */
+  tcprulesIpv6: 'auto' | 'on' | 'off';
   /** Extra env for relay rules, tcprules syntax: `RBLSMTPD="",X="y"`. Validated by sync-rules. */
   relayEnv: string;
   trustEnv: string;
@@ -105,6 +107,7 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'QGUARD_RULES_STATIC', kind: 'path', flag: '--static <file>', help: 'hand-written rules copied first (default /etc/qguard/tcp.smtp.static)' },
   { key: 'QGUARD_TCPRULES', kind: 'path', flag: '--tcprules <path>', help: 'ucspi-tcp tcprules (default: on PATH)' },
   { key: 'QGUARD_TCPRULESCHECK', kind: 'path', flag: '--tcprulescheck <path>', help: 'ucspi-tcp tcprulescheck (default: on PATH)' },
+  { key: 'QGUARD_TCPRULES_IPV6', kind: 'enum', values: ['auto', 'on', 'off'] },
   { key: 'QGUARD_RELAY_ENV', kind: 'string' },
   { key: 'QGUARD_TRUST_ENV', kind: 'string' },
   { key: 'QGUARD_DENY_MODE', kind: 'enum', values: ['deny', 'rblsmtpd'] },
@@ -324,6 +327,7 @@ export function resolveConfig(inputs: ConfigInputs): Config {
     rulesStatic: path('QGUARD_RULES_STATIC', '/etc/qguard/tcp.smtp.static'),
     tcprules: path('QGUARD_TCPRULES', 'tcprules'),
     tcprulescheck: path('QGUARD_TCPRULESCHECK', 'tcprulescheck'),
+    tcprulesIpv6: oneOf<'auto' | 'on' | 'off'>('QGUARD_TCPRULES_IPV6', 'auto'),
     relayEnv: str('QGUARD_RELAY_ENV', ''),
     trustEnv: str('QGUARD_TRUST_ENV', ''),
     denyMode: oneOf('QGUARD_DENY_MODE', 'deny'),

@@ -4,6 +4,8 @@
 // addresses. Through lib/io/run-program.ts; no shell.
 
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { runProgram } from './run-program.js';
 
 /**
@@ -53,4 +55,37 @@ export async function cdbAnswer(tcprulescheck: string, cdb: string, ip: string):
   } catch {
     return null;
   }
+}
+
+/**
+ * Whether `tcprules` is the IPv6 one (ucspi-tcp-ipv6): it takes `::1:allow` as the key `::1`,
+ * where the original refuses the line (its address ends at the first colon).
+ */
+export async function tcprulesTakesIpv6(tcprules: string): Promise<boolean> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qguard-tcprules-'));
+  const text = path.join(dir, 'rules');
+  try {
+    fs.writeFileSync(text, '::1:allow\n');
+    await compileCdb(tcprules, text, path.join(dir, 'cdb'), path.join(dir, 'tmp'));
+    return true;
+  } catch {
+    return false;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Where a program named like `tcprules` is (PATH searched as execvp does), with its inode, size and mtime: it changes when the package does. */
+export function programStamp(program: string): string {
+  const dirs = program.includes('/') ? [''] : (process.env.PATH ?? '/usr/bin:/bin').split(':');
+  for (const d of dirs) {
+    const file = d === '' ? program : path.join(d, program);
+    try {
+      const st = fs.statSync(file);
+      if (st.isFile()) return `${file} ${st.ino} ${st.size} ${st.mtimeMs}`;
+    } catch {
+      // not here
+    }
+  }
+  return `${program} (not found)`;
 }

@@ -23,14 +23,14 @@ import type { RunContext } from '../context.js';
 import { PermanentError, type QguardError, TemporaryError } from '../errors.js';
 import { changeCounter, expireRules, nextExpiry } from '../db/rules.js';
 import { policyRules, readSnapshot } from '../db/rules-snapshot.js';
-import { type Net, formatNet } from '../net/address.js';
+import { type Net, formatNet, formatNetShort } from '../net/address.js';
 import type { Action } from '../policy/decide.js';
 import { HEADER_FIRST_LINE, type Outcomes, outcomeInstructions, parseRulesText } from '../qmail/tcprules-file.js';
 import { type RulesPlan, type RulesSnapshot, type StaticRules, checkSamples, planRules } from '../qmail/rules-plan.js';
 import { installFile, removeStaleTemps, tempName, writeFileAtomic, writeTempFile } from '../io/atomic-write.js';
 import { readIfExists } from '../io/read-optional.js';
 import { runProgram } from '../io/run-program.js';
-import { checkCdbAnswers, compileCdb } from '../io/ucspi-tcp.js';
+import { checkCdbAnswers, compileCdb, programStamp, tcprulesTakesIpv6 } from '../io/ucspi-tcp.js';
 import { unifiedDiff } from '../io/diff.js';
 import { FORMAT_VERSION, type Stamp, type SyncState, readState, sameStamp, sha1, stampOf, statePath, writeState } from '../io/sync-state.js';
 import type { FirewallResult } from '../firewall/backends.js';
@@ -148,6 +148,8 @@ function configHash(ctx: RunContext, staticHash: string, outcomes: Outcomes, pro
       newmrh: c.qmailNewmrh,
       firewall: [c.firewall, c.firewallPorts, c.firewallAction],
       protect: prot.map(formatNet).sort(),
+      // auto: another tcprules (ucspi-tcp-ipv6 installed or removed) is another plan
+      ipv6: c.tcprulesIpv6 === 'auto' ? programStamp(c.tcprules) : c.tcprulesIpv6,
     }),
   );
 }
@@ -390,6 +392,7 @@ async function apply(
     if (ch.writeText) wrote.push(t.rules);
     wrote.push(t.cdb);
     log.info(`wrote ${t.rules} and ${t.cdb}: ${p.keys} keys (${p.denyKeys} deny) for ${snap.counts.relay} relay, ${snap.counts.trust} trust, ${snap.counts.deny} deny rules`);
+    warnUnwritten6(ctx, p);
   }
   for (const w of ch.rcptWrites) {
     writeFileAtomic(w.file, w.text, { mode: 0o644, ensureBits: 0o444 });
@@ -427,6 +430,21 @@ async function apply(
     firewall: fwResult,
   });
   return { wrote, fw: { result: fwResult, error: fw.error } };
+}
+
+/**
+ * IPv6 networks tcp.smtp gives the default line instead of their outcome (lib/net/tcprules-keys6.ts):
+ * said once, when the file that leaves them out is written (the firewall set has them all).
+ */
+function warnUnwritten6(ctx: RunContext, p: RulesPlan): void {
+  const u = p.v6?.unwritten ?? [];
+  if (u.length === 0) return;
+  const outcome = (cls: number) => p.classText[cls];
+  const shown = u.slice(0, 5).map((x) => `${formatNetShort(x.net)} (${outcome(x.cls)}): ${x.why}`);
+  ctx.log.warn(
+    `${u.length} IPv6 network(s) left to the default line of ${ctx.config.rulesFile}, which cannot express them exactly ` +
+      `(the firewall set still has the denied ones): ${shown.join('; ')}${u.length > 5 ? '; …' : ''}`,
+  );
 }
 
 /** Take the job lock (and connect meanwhile, to a server). */
@@ -492,7 +510,9 @@ export async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?:
   const snap = await readSnapshot(await ctx.db(), c.host, c.manageRcpthosts);
   phase(`read ${snap.v4Count} IPv4 and ${snap.v6.length} IPv6 rules (change ${snap.changeSeq})`);
   const splitMore = isExecutable(c.qmailNewmrh);
-  const p = planRules(snap, sf, k.outcomes, k.prot, { staticFile: c.rulesStatic, splitMore });
+  // (asked only when there is something to write: a run without IPv6 rules starts one tcprules, as before)
+  const ipv6 = snap.v6.length > 0 && (c.tcprulesIpv6 === 'on' || (c.tcprulesIpv6 === 'auto' && (await tcprulesTakesIpv6(c.tcprules))));
+  const p = planRules(snap, sf, k.outcomes, k.prot, { staticFile: c.rulesStatic, splitMore, ipv6 });
   phase(`planned ${p.keys} keys, ${p.text.length} bytes`);
 
   // ---- diff, guard

@@ -109,7 +109,7 @@ const ACTION_INDEX: Record<Action, 0 | 1 | 2> = { relay: 0, trust: 1, deny: 2 };
 const MAPPED = { family: 6, addr: 0xffffn << 32n, prefix: 96 } as Net;
 
 /** Why `net` cannot be written as keys, or null. */
-function unwritable(net: Net): string | null {
+export function unwritable(net: Net): string | null {
   if (net.prefix === 0) return '::/0 would be the default line of IPv4 too';
   if (netContains(MAPPED, net)) return 'IPv4-mapped: tcpserver looks these addresses up as IPv4';
   const k = Math.ceil(net.prefix / 16);

@@ -9,6 +9,7 @@ import { PermanentError } from '../errors.js';
 import { type Net, netFirst, netLast } from '../net/address.js';
 import type { Action, PolicyRule } from '../policy/decide.js';
 import { type KeyPlan, STATIC_MAX, planKeys, v4Text } from '../net/tcprules-keys.js';
+import { type Keys6Plan, planKeys6 } from '../net/tcprules-keys6.js';
 import { type Outcomes, type RuleLine, parseInstruction, refusesClient, renderRulesBuffer, staticKeys } from './tcprules-file.js';
 import { renderRcpthosts } from './rcpthosts.js';
 
@@ -43,6 +44,8 @@ export interface RulesPlan {
   denyKeys: number;
   classText: string[];
   plan: KeyPlan;
+  /** The IPv6 keys, when the installed tcprules takes them (QGUARD_TCPRULES_IPV6); null: none written. */
+  v6: Keys6Plan | null;
   rcpt: ReturnType<typeof renderRcpthosts> | null;
 }
 
@@ -55,7 +58,7 @@ export function planRules(
   stat: StaticRules,
   outcomes: Outcomes,
   prot: readonly Net[],
-  opts: { staticFile: string; splitMore: boolean },
+  opts: { staticFile: string; splitMore: boolean; ipv6?: boolean },
 ): RulesPlan {
   const classText: string[] = [];
   const classIds = new Map<string, number>();
@@ -91,7 +94,8 @@ export function planRules(
       `${opts.staticFile}: line ${line?.line ?? '?'}: refuses ${v4Text(c.first)}, a protected address, and tcpserver reads that key before any generated one: remove the line`,
     );
   }
-  let keys = 0;
+  const v6 = opts.ipv6 ? planKeys6({ rules: snap.v6, actionClass, defaultClass, protectedNets: prot }) : null;
+  let keys = v6 ? v6.keys.size : 0;
   for (const n of plan.keysByClass.values()) keys += n;
   const denyKeys = snap.denyKeys;
   const text = renderRulesBuffer({
@@ -102,9 +106,10 @@ export function planRules(
     staticDefaultLine: staticDefault?.line ?? null,
     defaultInstruction: outcomes.default,
     counts: { keys, ...snap.counts },
+    v6Keys: v6?.keys,
   });
   const rcpt = snap.domains ? renderRcpthosts(snap.domains, { splitMore: opts.splitMore }) : null;
-  return { text, hash: sha1(text), keys, denyKeys, classText, plan, rcpt };
+  return { text, hash: sha1(text), keys, denyKeys, classText, plan, v6, rcpt };
 }
 
 /** A few addresses of every outcome, and what tcprulescheck must say about each. */
@@ -122,13 +127,19 @@ export function checkSamples(p: RulesPlan): { ip: string; expect: string[] }[] {
   }
   for (const i of [0.25, 0.5, 0.75].map((f) => Math.floor((seg.length - 1) * f))) add(i);
   const out: { ip: string; expect: string[] }[] = [];
-  for (const [cls, addrs] of picks) {
+  const expectOf = (cls: number): string[] | null => {
     const parsed = parseInstruction(p.classText[cls]);
-    if (!('instruction' in parsed)) continue;
+    if (!('instruction' in parsed)) return null;
     const i = parsed.instruction;
-    const expect =
-      i.verdict === 'deny' ? ['deny connection'] : [...i.vars.map((v) => `set environment variable ${v.name}=${v.value}`), 'allow connection'];
-    for (const a of new Set(addrs)) out.push({ ip: v4Text(a), expect });
+    return i.verdict === 'deny' ? ['deny connection'] : [...i.vars.map((v) => `set environment variable ${v.name}=${v.value}`), 'allow connection'];
+  };
+  for (const [cls, addrs] of picks) {
+    const expect = expectOf(cls);
+    if (expect) for (const a of new Set(addrs)) out.push({ ip: v4Text(a), expect });
+  }
+  for (const s of p.v6?.samples ?? []) {
+    const expect = expectOf(s.cls);
+    if (expect) out.push({ ip: s.ip, expect });
   }
   return out;
 }

@@ -358,6 +358,8 @@ export interface RulesTextParts {
   /** The configured default instruction (QGUARD_DEFAULT_RULE). */
   defaultInstruction: string;
   counts: { keys: number; relay: number; trust: number; deny: number };
+  /** IPv6 keys (lib/net/tcprules-keys6.ts) and their classes, for the IPv6 tcprules; none: empty. */
+  v6Keys?: ReadonlyMap<string, number>;
 }
 
 // Decimal digits of 0..255 as bytes, for writing keys without making a string per line.
@@ -405,7 +407,14 @@ export function renderRulesBuffer(p: RulesTextParts): Buffer {
   let tail = '# ---- default ----\n';
   tail +=
     p.staticDefaultLine !== null ? `# the default rule is line ${p.staticDefaultLine} of the static file\n` : `:${p.defaultInstruction}\n`;
-  return Buffer.concat([Buffer.from(head, 'utf8'), renderKeyLines(p.lines, p.classText), Buffer.from(tail, 'utf8')]);
+  let v6 = '';
+  if (p.v6Keys && p.v6Keys.size > 0) {
+    // The IPv6 tcprules ends the address at the first colon before `allow` or `deny`: the key
+    // `2001:db8:` is the line `2001:db8::allow`. Sorted, so the text is the same for the same keys.
+    v6 = `# ---- IPv6 (the IPv6 ucspi-tcp): ${p.v6Keys.size} keys ----\n`;
+    for (const k of [...p.v6Keys.keys()].sort()) v6 += `${k}:${p.classText[p.v6Keys.get(k)!]}\n`;
+  }
+  return Buffer.concat([Buffer.from(head, 'utf8'), renderKeyLines(p.lines, p.classText), Buffer.from(v6 + tail, 'utf8')]);
 }
 
 /** The whole tcp.smtp text: header, static file, generated keys, default line. */
