@@ -25,7 +25,8 @@ export interface LogRead {
   position: LogPosition | null;
   files: number;
   bytes: number;
-  lines: number;
+  /** Lines given (readLogBytesSince; null from readLogChunksSince, which does not split them). */
+  lines: number | null;
   /** The read stopped at maxBytes: there is more for the next run. */
   more: boolean;
   /** Why lines may have been missed (the file read last time is gone), or null. */
@@ -84,8 +85,39 @@ export function readLogBytesSince(
   onLine: (buf: Buffer, start: number, end: number) => void,
   maxBytes = Number.POSITIVE_INFINITY,
 ): LogRead {
+  let lines = 0;
+  const r = readLogChunksSince(
+    dir,
+    from,
+    (buf, start, end) => {
+      let s = start;
+      for (let nl = buf.indexOf(10, s); nl >= 0 && nl < end; nl = buf.indexOf(10, s)) {
+        lines++;
+        onLine(buf, s, nl);
+        s = nl + 1;
+      }
+      if (s < end) {
+        lines++;
+        onLine(buf, s, end); // a last line without its newline, in a file that no longer grows
+      }
+    },
+    maxBytes,
+  );
+  return { ...r, lines };
+}
+
+/**
+ * The same, a chunk of whole lines at a time: bytes [start, end) of a buffer reused after the
+ * call, ending with a newline (but for the last line of a file that no longer grows).
+ */
+export function readLogChunksSince(
+  dir: string,
+  from: LogPosition | null,
+  onChunk: (buf: Buffer, start: number, end: number) => void,
+  maxBytes = Number.POSITIVE_INFINITY,
+): LogRead {
   const files = logFiles(dir);
-  const result: LogRead = { position: from, files: 0, bytes: 0, lines: 0, more: false, lost: null };
+  const result: LogRead = { position: from, files: 0, bytes: 0, lines: null, more: false, lost: null };
   let start = 0;
   let offset = 0;
   if (from) {
@@ -106,10 +138,7 @@ export function readLogBytesSince(
       const from0 = i === start ? offset : 0;
       // At most maxBytes a read (whole lines): a large backlog is taken over several runs.
       const stop = Math.min(st.size, from0 + Math.max(0, maxBytes - result.bytes));
-      const pos = readLines(fd, from0, stop, isCurrent || stop < st.size, (buf, s, e) => {
-        result.lines++;
-        onLine(buf, s, e);
-      });
+      const pos = readChunks(fd, from0, stop, isCurrent || stop < st.size, onChunk);
       if (stop < st.size) result.more = true;
       if (isCurrent || i === files.length - 1 || result.more) {
         result.position = { inode: st.ino, offset: pos, head: readHead(fd, Math.min(HEAD_BYTES, pos)) };
@@ -139,26 +168,32 @@ function withFd<T>(file: string, fn: (fd: number) => T): T {
   }
 }
 
-/** Lines of [from, size); a partial last line is held back when the file may still grow. Returns the offset after the last line given. */
-function readLines(fd: number, from: number, size: number, mayGrow: boolean, onLine: (buf: Buffer, start: number, end: number) => void): number {
-  const buf = Buffer.allocUnsafe(CHUNK);
-  let carry: Buffer = Buffer.alloc(0);
+/** Whole lines of [from, size) in chunks; a partial last line is held back when the file may still grow. Returns the offset after the last line given. */
+function readChunks(fd: number, from: number, size: number, mayGrow: boolean, onChunk: (buf: Buffer, start: number, end: number) => void): number {
+  let buf = Buffer.allocUnsafe(2 * CHUNK);
+  let carry = 0; // bytes of a partial line kept at the start of buf
   let pos = from; // file offset of the next read
   while (pos < size) {
-    const n = fs.readSync(fd, buf, 0, Math.min(CHUNK, size - pos), pos);
+    if (buf.length - carry < CHUNK) {
+      // a line longer than a chunk: room for it
+      const bigger = Buffer.allocUnsafe(2 * buf.length);
+      buf.copy(bigger, 0, 0, carry);
+      buf = bigger;
+    }
+    const n = fs.readSync(fd, buf, carry, Math.min(CHUNK, size - pos), pos);
     if (n === 0) break;
     pos += n;
-    const chunk = carry.length ? Buffer.concat([carry, buf.subarray(0, n)]) : buf.subarray(0, n);
-    let lineStart = 0;
-    for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, lineStart)) {
-      onLine(chunk, lineStart, nl);
-      lineStart = nl + 1;
-    }
-    carry = Buffer.from(chunk.subarray(lineStart)); // a copy: buf is reused
+    const filled = carry + n;
+    const last = buf.lastIndexOf(10, filled - 1);
+    if (last >= 0) {
+      onChunk(buf.subarray(0, last + 1), 0, last + 1);
+      buf.copy(buf, 0, last + 1, filled); // the partial line to the front (copy handles the overlap)
+      carry = filled - last - 1;
+    } else carry = filled;
   }
-  if (carry.length && !mayGrow) {
-    onLine(carry, 0, carry.length);
+  if (carry && !mayGrow) {
+    onChunk(buf.subarray(0, carry), 0, carry);
     return pos;
   }
-  return pos - carry.length;
+  return pos - carry;
 }

@@ -208,7 +208,7 @@ export async function scanQueue(ctx: RunContext, opts: ScanOptions): Promise<voi
       `${summary.denied.length ? summary.denied.join(' ') : 'none'} (${summary.durationMs} ms: ` +
       `${Object.entries(summary.phasesMs).map(([k, v]) => `${k} ${v}`).join(', ')})` +
       (summary.smtpdLog
-        ? `; ${summary.smtpdLog.dir}: ${summary.smtpdLog.lines} lines, ${summary.smtpdLog.connections} connections (${summary.smtpdLog.denied} denied) in ${summary.smtpdLog.ms} ms`
+        ? `; ${summary.smtpdLog.dir}: ${summary.smtpdLog.bytes} bytes, ${summary.smtpdLog.connections} connections (${summary.smtpdLog.denied} denied) in ${summary.smtpdLog.ms} ms`
         : '') +
       (summary.acceptedSpool ? `; ${summary.acceptedSpool.dir}: ${summary.acceptedSpool.accepted} accepted messages in ${summary.acceptedSpool.ms} ms` : ''),
   );

@@ -13,7 +13,7 @@ import type { RunContext } from '../context.js';
 import type { Queryable } from '../db/connect.js';
 import { addConnections, loadLogPosition, pruneConnections, saveLogPosition } from '../db/connections.js';
 import { readBootClock, removeReadFiles, rotateIfRead } from '../io/accepted-spool.js';
-import { type LogRead, readLogBytesSince } from '../io/multilog-read.js';
+import { type LogRead, readLogBytesSince, readLogChunksSince } from '../io/multilog-read.js';
 import { parseAcceptedLine } from '../qmail/accepted-spool.js';
 import { ConnectionCounter, TcpserverLog } from '../qmail/tcpserver-log.js';
 
@@ -21,7 +21,6 @@ export interface SmtpdLogSummary {
   dir: string;
   files: number;
   bytes: number;
-  lines: number;
   /** Stopped at the per-run limit: the next run reads on. */
   more: boolean;
   connections: number;
@@ -68,15 +67,13 @@ export async function ingestSmtpdLog(ctx: RunContext, tx: Queryable, dir: string
   const now = Date.now();
   let connections = 0;
   let denied = 0;
-  const read = readLogBytesSince(
+  const read = readLogChunksSince(
     dir,
     from,
     (buf, s, e) => {
-      const c = parser.lineBytes(buf, s, e);
-      if (c === null) return;
-      connections++;
-      if (c.denied) denied++;
-      counter.add(c, now);
+      const c = parser.chunk(buf, s, e, counter, now);
+      connections += c.connections;
+      denied += c.denied;
     },
     MAX_BYTES_PER_RUN,
   );
@@ -88,7 +85,6 @@ export async function ingestSmtpdLog(ctx: RunContext, tx: Queryable, dir: string
     dir,
     files: read.files,
     bytes: read.bytes,
-    lines: read.lines,
     more: read.more,
     connections,
     denied,
@@ -126,5 +122,5 @@ export async function ingestAcceptedSpool(ctx: RunContext, tx: Queryable, dir: s
   if (read.position) await saveLogPosition(tx, host, dir, read.position);
   const rotated = read.more ? false : rotateIfRead(dir, read.position);
   if (read.lost) ctx.log.warn(`${dir}: ${read.lost}`);
-  return { dir, files: read.files, bytes: read.bytes, lines: read.lines, more: read.more, accepted, odd, removed, rotated, lost: read.lost, ms: Math.round(performance.now() - started) };
+  return { dir, files: read.files, bytes: read.bytes, lines: read.lines ?? 0, more: read.more, accepted, odd, removed, rotated, lost: read.lost, ms: Math.round(performance.now() - started) };
 }

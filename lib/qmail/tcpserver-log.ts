@@ -35,6 +35,28 @@ function hex8(s: string, at: number): number {
   return v;
 }
 
+/** The same over bytes. */
+function hex8At(b: Buffer, at: number): number {
+  let v = 0;
+  for (let i = at; i < at + 8; i++) {
+    const c = b[i];
+    const d = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+/** parseTai64n of the 25 bytes at `at` (which start with `@`). */
+function tai64nAt(b: Buffer, at: number): number | null {
+  const hi = hex8At(b, at + 1);
+  if (hi !== 0x40000000) return parseTai64n(b.toString('latin1', at, at + 25)); // not this century: the general case
+  const lo = hex8At(b, at + 9);
+  const nanos = hex8At(b, at + 17);
+  if (lo < 0 || nanos < 0 || nanos > 999_999_999) return null;
+  return (lo - 10) * 1000 + Math.floor(nanos / 1e6);
+}
+
 /** `@` + 16 hex digits of seconds + 8 of nanoseconds -> epoch milliseconds; null if it is not a label. */
 export function parseTai64n(label: string): number | null {
   if (label.length !== 25 || label.charCodeAt(0) !== 64 /* @ */) return null;
@@ -92,6 +114,9 @@ export function canonicalIp(ip: string): string | null {
   return parsed.ok ? formatNetShort(parsed.net) : null;
 }
 
+const OK = Buffer.from('tcpserver: ok ', 'latin1');
+const DENY = Buffer.from('tcpserver: deny ', 'latin1');
+
 /**
  * Reads lines in order, one at a time, and returns the connections they record: each `ok` and
  * `deny` line is one connection, its address taken from its own remote field (a line whose
@@ -100,20 +125,6 @@ export function canonicalIp(ip: string): string | null {
 export class TcpserverLog {
   /** Lines of tcpserver's `ok`/`deny` that were not understood (kept for the summary, not fatal). */
   odd = 0;
-
-  /**
-   * The same for a line still in the reader's buffer: bytes [start, end). Only `ok` and `deny`
-   * lines of tcpserver's are decoded (1 of the 5 lines of a connection); the rest are told
-   * apart by a few bytes.
-   */
-  lineBytes(buf: Buffer, start: number, end: number): Connection | null {
-    const off = buf[start] === 64 /* @ */ ? start + 26 : start;
-    // "tcpserver: " then o(k) or d(eny)
-    if (end - off < 14 || buf[off] !== 116 /* t */ || buf[off + 9] !== 58 /* : */ || buf[off + 3] !== 115 /* s */) return null;
-    const k = buf[off + 11];
-    if (k !== 111 && k !== 100) return null;
-    return this.line(buf.toString('latin1', start, end));
-  }
 
   /** One line without its newline; a connection, or null for every other line. */
   line(text: string): Connection | null {
@@ -140,6 +151,57 @@ export class TcpserverLog {
     const ip = remoteIp(text.slice(b + 1));
     if (ip === null) return this.oddLine();
     return { at, ip, denied };
+  }
+
+  /**
+   * Every connection in the whole lines [start, end) of `buf` (a read's chunk), counted into
+   * `counter`: the same answers as line() on each line, found faster — native searches jump to
+   * the `ok` and `deny` lines (2 of a connection's 5) instead of visiting every line. Returns
+   * how many connections and denied ones.
+   */
+  chunk(buf: Buffer, start: number, end: number, counter: ConnectionCounter, fallbackAt: number): { connections: number; denied: number } {
+    let connections = 0;
+    let denied = 0;
+    const next = (pat: Buffer, from: number) => {
+      const i = buf.indexOf(pat, from);
+      return i < 0 || i >= end ? -1 : i;
+    };
+    let ok = next(OK, start);
+    let deny = next(DENY, start);
+    while (ok >= 0 || deny >= 0) {
+      const isDeny = ok < 0 || (deny >= 0 && deny < ok);
+      const p = isDeny ? deny : ok;
+      if (isDeny) deny = next(DENY, p + 1);
+      else ok = next(OK, p + 1);
+      // only where line() would look: at the line's start, or after a label (26 bytes from a `@`)
+      const ls = Math.max(start, buf.lastIndexOf(10, p - 1) + 1);
+      if (ls !== p && !(buf[ls] === 64 && p === ls + 26)) continue;
+      let le = buf.indexOf(10, p);
+      if (le < 0 || le > end) le = end;
+      const from = p + (isDeny ? DENY.length : OK.length);
+      // PID LOCAL REMOTE: three words, the last one the remote field
+      const a = buf.indexOf(32, from);
+      const b = a < 0 || a >= le ? -1 : buf.indexOf(32, a + 1);
+      if (b < 0 || b >= le) {
+        this.odd++;
+        continue;
+      }
+      const c = buf.indexOf(32, b + 1);
+      if (c >= 0 && c < le) {
+        this.odd++;
+        continue;
+      }
+      const ip = remoteIp(buf.toString('latin1', b + 1, le));
+      if (ip === null) {
+        this.odd++;
+        continue;
+      }
+      const at = ls === p ? null : tai64nAt(buf, ls);
+      counter.count(ip, at ?? fallbackAt, isDeny);
+      connections++;
+      if (isDeny) denied++;
+    }
+    return { connections, denied };
   }
 
   private oddLine(): null {
@@ -172,9 +234,14 @@ export class ConnectionCounter {
   private n = 0;
 
   add(c: Connection, fallbackAt: number): void {
-    const r = this.row(c.ip, c.at ?? fallbackAt);
+    this.count(c.ip, c.at ?? fallbackAt, c.denied);
+  }
+
+  /** One connection from `ip` at `at` (epoch ms). */
+  count(ip: string, at: number, denied: boolean): void {
+    const r = this.row(ip, at);
     r.connections++;
-    if (c.denied) r.denied++;
+    if (denied) r.denied++;
   }
 
   /** One message accepted from `ip` at `at` (epoch ms). */

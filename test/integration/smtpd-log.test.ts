@@ -89,7 +89,7 @@ describe.skipIf(!RUN)("connections counted from tcpserver's log", () => {
     const r = await runCli('scan-queue', ['--json', ...args], { env: { ...db.env, QGUARD_QUEUE: queue.dir, QGUARD_HOST: 'mx1', QGUARD_SMTPD_LOG: logDir, ...extra } });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    return JSON.parse(r.stdout) as { smtpdLog: { connections: number; denied: number; lines: number; files: number; lost: string | null } };
+    return JSON.parse(r.stdout) as { smtpdLog: { connections: number; denied: number; bytes: number; files: number; lost: string | null } };
   }
 
   async function why(ip: string) {

@@ -50,17 +50,47 @@ describe('tcpserver lines', () => {
     expect(log.odd).toBe(3);
     expect(log.line('tcpserver: ok 79 0:192.0.2.1:25 :203.0.113.79::1')).toEqual({ at: null, ip: '203.0.113.79', denied: false }); // multilog without t
   });
-  it('reads the same from the reader\'s bytes as from text', () => {
-    const lines = [`${at} tcpserver: status: 1/40`, `${at} tcpserver: pid 5 from 203.0.113.5`, `${at} tcpserver: deny 5 0:192.0.2.1:25 :203.0.113.5::9`, `${at} tcpserver: end 5 status 256`, 'tcpserver: ok 6 0:192.0.2.1:25 :203.0.113.6::9', 'x'];
-    const buf = Buffer.from(lines.join('\n'), 'latin1');
-    const got: unknown[] = [];
-    let s = 0;
-    for (const l of lines) {
-      got.push(new TcpserverLog().lineBytes(buf, s, s + l.length));
-      s += l.length + 1;
+  it('reads a chunk of many lines as line() reads each of them (random logs with odd lines among them)', () => {
+    let seed = 3;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    const pick = <T>(xs: T[]) => xs[Math.floor(rand() * xs.length)];
+    const t0 = Date.UTC(2026, 11, 7, 3, 0, 0);
+    for (let round = 0; round < 30; round++) {
+      const lines: string[] = [];
+      for (let i = 0; i < 300; i++) {
+        const label = pick([formatTai64n(t0 + i * 997), formatTai64n(t0 + i * 997), '@4000000069a1b2c30d2f1e8g', '', '@short']);
+        const ip = pick(['203.0.113.5', '2001:db8::5', '::ffff:198.51.100.9', '999.1.1.1', '203.0.113.0/24']);
+        const body = pick([
+          `tcpserver: ok ${i} mx:192.0.2.1:25 :${ip}::${i}`,
+          `tcpserver: deny ${i} mx:192.0.2.1:25 host.example:${ip}:info:${i}`,
+          `tcpserver: ok ${i} mx:192.0.2.1:25 :${ip}::${i} extra`,
+          `tcpserver: ok ${i} garbage`,
+          `tcpserver: deny ${i}`,
+          `tcpserver: pid ${i} from ${ip}`,
+          `tcpserver: status: 1/40`,
+          `qmail-smtpd: tcpserver: ok ${i} mx:192.0.2.1:25 :${ip}::1`,
+          `tcpserver: okay ${i} 1 2`,
+        ]);
+        lines.push(label === '' ? body : `${label} ${body}`);
+      }
+      const one = new TcpserverLog();
+      const byLine = new ConnectionCounter();
+      for (const l of lines) {
+        const c = one.line(l);
+        if (c) byLine.add(c, 42);
+      }
+      const chunked = new TcpserverLog();
+      const byChunk = new ConnectionCounter();
+      // a chunk as the reader gives it: whole lines, the last one maybe without its newline
+      const buf = Buffer.from(`junk\n${lines.join('\n')}${round % 2 ? '\n' : ''}`, 'latin1');
+      const got = chunked.chunk(buf, 5, buf.length, byChunk, 42);
+      const sort = (xs: ReturnType<ConnectionCounter['take']>) => xs.sort((x, y) => x.slot - y.slot || (x.ip < y.ip ? -1 : 1));
+      const want = sort(byLine.take());
+      expect(sort(byChunk.take())).toEqual(want);
+      expect(got.connections).toBe(want.reduce((n, r) => n + r.connections, 0));
+      expect(got.denied).toBe(want.reduce((n, r) => n + r.denied, 0));
+      expect(chunked.odd).toBe(one.odd);
     }
-    expect(got).toEqual(lines.map((l) => new TcpserverLog().line(l)));
-    expect(got.filter(Boolean)).toHaveLength(2);
   });
   it('adds connections up per address and ten-minute slot', () => {
     const c = new ConnectionCounter();
