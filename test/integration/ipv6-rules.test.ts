@@ -15,7 +15,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execa } from 'execa';
+import { askTcprulescheck } from '../helpers/tcprulescheck.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
 import { type TestDb, createTestDb } from '../helpers/db.js';
@@ -75,11 +75,7 @@ async function setRules(rules: readonly PolicyRule[]): Promise<void> {
   ]);
 }
 
-async function tcprulescheck(cdb: string, ips: string[]): Promise<string[]> {
-  const script = 'c="$1"; f="$2"; shift 2; for ip in "$@"; do TCPREMOTEIP="$ip" "$c" "$f"; echo "==="; done';
-  const r = await execa('/bin/sh', ['-c', script, 'sh', path.join(BIN, 'tcprulescheck'), cdb, ...ips], { env: { TCPREMOTEHOST: undefined, TCPREMOTEINFO: undefined } });
-  return r.stdout.split('===\n').slice(0, ips.length);
-}
+const tcprulescheck = (cdb: string, ips: string[]) => askTcprulescheck(cdb, ips, path.join(BIN, 'tcprulescheck'));
 
 const classify = (answer: string) => (answer.includes('deny connection') ? 'deny' : /RELAYCLIENT=/.test(answer) ? 'relay' : 'allow');
 const expected = (d: string) => (d === 'deny' ? 'deny' : d === 'relay' ? 'relay' : 'allow');

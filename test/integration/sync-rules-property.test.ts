@@ -13,7 +13,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execa } from 'execa';
+import { type Rng, rng } from '../helpers/rng.js';
+import { askTcprulescheck } from '../helpers/tcprulescheck.js';
 import { type TestDb, createTestDb } from '../helpers/db.js';
 import { runCli } from '../helpers/cli.js';
 import { haveTools } from '../helpers/tools.js';
@@ -27,22 +28,6 @@ const TOOLS = haveTools('tcprules', 'tcprulescheck');
 const SEED = Number(process.env.QGUARD_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const POLICIES = 6;
 
-/** mulberry32: small, seeded, good enough to spread rules. */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo + 1)),
-    pick: <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)],
-  };
-}
 
 const v4 = (n: number, prefix: number): Net => {
   const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
@@ -69,7 +54,7 @@ interface Policy {
   denyMode: 'deny' | 'rblsmtpd';
 }
 
-function makePolicy(r: ReturnType<typeof rng>, n: number): Policy {
+function makePolicy(r: Rng, n: number): Policy {
   const at = () => r.pick(REGIONS) + r.int(0, 2 ** 18 - 1);
   const rules: Policy['rules'] = [];
   const seen = new Set<string>();
@@ -146,12 +131,6 @@ afterAll(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-/** Ask the real tcprulescheck about many addresses in one shell loop. */
-async function tcprulescheck(cdb: string, ips: string[]): Promise<string[]> {
-  const script = 'f="$1"; shift; for ip in "$@"; do TCPREMOTEIP="$ip" tcprulescheck "$f"; echo "==="; done';
-  const r = await execa('/bin/sh', ['-c', script, 'sh', cdb, ...ips], { env: { TCPREMOTEHOST: undefined, TCPREMOTEINFO: undefined } });
-  return r.stdout.split('===\n').slice(0, ips.length);
-}
 
 function classify(answer: string): 'relay' | 'allow' | 'deny' {
   if (answer.includes('deny connection')) return 'deny';
@@ -231,7 +210,7 @@ describe.skipIf(!TOOLS)('sync-rules exactness against the real tcprulescheck', (
         for (let i = 0; i < 300; i++) probes.add(r.pick(REGIONS) + r.int(0, 2 ** 18 - 1));
         for (let i = 0; i < 50; i++) probes.add(r.int(0, 0xffffffff));
         const list = [...probes];
-        const answers = await tcprulescheck(path.join(dir, 'tcp.smtp.cdb'), list.map(text));
+        const answers = await askTcprulescheck(path.join(dir, 'tcp.smtp.cdb'), list.map(text));
         probed += list.length;
         const wrong: string[] = [];
         list.forEach((n, i) => {
