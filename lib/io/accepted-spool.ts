@@ -26,9 +26,8 @@ export function removeReadFiles(dir: string, committed: LogPosition | null, now 
   const at = files.findIndex((f) => f.inode === committed.inode);
   let removed = 0;
   for (const f of files.slice(0, Math.max(0, at))) {
-    if (f.name === 'current') continue;
+    if (f.name === 'current' || now - f.mtimeMs < SETTLED_MS) continue;
     try {
-      if (now - fs.lstatSync(f.file).mtimeMs < SETTLED_MS) continue;
       fs.unlinkSync(f.file);
       removed++;
     } catch (err) {

@@ -38,6 +38,7 @@ export interface LogFile {
   file: string;
   inode: number;
   size: number;
+  mtimeMs: number;
 }
 
 /** The log could not be read (scan-queue warns and goes on with the queue). */
@@ -60,7 +61,7 @@ export function logFiles(dir: string): LogFile[] {
     const file = path.join(dir, name);
     try {
       const st = fs.lstatSync(file); // not a symbolic link: the directory may belong to qmaild
-      if (st.isFile()) out.push({ name, file, inode: st.ino, size: st.size });
+      if (st.isFile()) out.push({ name, file, inode: st.ino, size: st.size, mtimeMs: st.mtimeMs });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new LogReadError(`unable to stat ${file}: ${(err as Error).message}`, { cause: err });
     }
