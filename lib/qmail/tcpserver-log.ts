@@ -23,19 +23,7 @@ export interface Connection {
 /** TAI64 labels count from 2^62, and daemontools' clock is TAI = UTC + 10 s (leap seconds ignored, as tai64nlocal does). */
 const TAI64_EPOCH = 2n ** 62n + 10n;
 
-/** Eight hex digits of `s` from `at` as a number; -1 if one is not a hex digit. */
-function hex8(s: string, at: number): number {
-  let v = 0;
-  for (let i = at; i < at + 8; i++) {
-    const c = s.charCodeAt(i);
-    const d = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
-
-/** The same over bytes. */
+/** Eight hex digits of `b` from `at` as a number; -1 if one is not a hex digit. */
 function hex8At(b: Buffer, at: number): number {
   let v = 0;
   for (let i = at; i < at + 8; i++) {
@@ -47,26 +35,21 @@ function hex8At(b: Buffer, at: number): number {
   return v;
 }
 
-/** parseTai64n of the 25 bytes at `at` (which start with `@`). */
+/** The 25 bytes at `at` (which start with `@`: `@` + 16 hex digits of seconds + 8 of nanoseconds) -> epoch milliseconds; null if they are not a label. */
 function tai64nAt(b: Buffer, at: number): number | null {
   const hi = hex8At(b, at + 1);
-  if (hi !== 0x40000000) return parseTai64n(b.toString('latin1', at, at + 25)); // not this century: the general case
   const lo = hex8At(b, at + 9);
   const nanos = hex8At(b, at + 17);
-  if (lo < 0 || nanos < 0 || nanos > 999_999_999) return null;
-  return (lo - 10) * 1000 + Math.floor(nanos / 1e6);
-}
-
-/** `@` + 16 hex digits of seconds + 8 of nanoseconds -> epoch milliseconds; null if it is not a label. */
-export function parseTai64n(label: string): number | null {
-  if (label.length !== 25 || label.charCodeAt(0) !== 64 /* @ */) return null;
-  const hi = hex8(label, 1);
-  const lo = hex8(label, 9);
-  const nanos = hex8(label, 17);
   if (hi < 0 || lo < 0 || nanos < 0 || nanos > 999_999_999) return null;
   // Until 2106 the high half is 0x40000000: plain numbers, no BigInt.
-  const secs = hi === 0x40000000 ? lo - 10 : Number(BigInt(`0x${label.slice(1, 17)}`) - TAI64_EPOCH);
+  const secs = hi === 0x40000000 ? lo - 10 : Number((BigInt(hi) << 32n) + BigInt(lo) - TAI64_EPOCH);
   return secs * 1000 + Math.floor(nanos / 1e6);
+}
+
+/** A TAI64N label (`@4000000069a1b2c30d2f1e88`) -> epoch milliseconds; null if it is not a label. */
+export function parseTai64n(label: string): number | null {
+  if (label.length !== 25 || label.charCodeAt(0) !== 64 /* @ */) return null;
+  return tai64nAt(Buffer.from(label, 'latin1'), 0);
 }
 
 /** The TAI64N label of a time (what multilog would write), for tests and generated logs. */
