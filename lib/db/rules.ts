@@ -66,6 +66,11 @@ export function ruleJson(r: Rule) {
 
 /** SQL condition: the rule applies on `host` (unscoped rules apply everywhere). */
 const FOR_HOST = '(host IS NULL OR host = $HOST)';
+/**
+ * Repeated beside `source = $N` for a source that is not a public list, so the planner may use
+ * the partial index rules_source (sql/014: list entries are not in it).
+ */
+export const NOT_LIST = "source NOT LIKE 'list:%'";
 
 function forHost(sql: string, param: number): string {
   return sql.replace('$HOST', `$${param}`);
@@ -115,6 +120,7 @@ export async function listRules(db: Queryable, f: ListFilter = {}): Promise<Rule
   if (f.source) {
     params.push(f.source);
     where.push(`source = $${params.length}`);
+    if (!f.source.startsWith('list:')) where.push(NOT_LIST);
   }
   if (f.host) {
     params.push(f.host);
@@ -174,6 +180,7 @@ export async function deleteRules(
   if (f.source) {
     params.push(f.source);
     where += ` AND source = $${params.length}`;
+    if (!f.source.startsWith('list:')) where += ` AND ${NOT_LIST}`;
   }
   if (f.host !== undefined) {
     if (f.host === null) where += ' AND host IS NULL';
