@@ -15,6 +15,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Db, Queryable } from './connect.js';
 import { dbError } from './connect.js';
+import { binaryRow, int8At, viewOf } from './binary-row.js';
 import { TemporaryError } from '../errors.js';
 import { type Net, formatNet, formatNetShort, mustParseNet } from '../net/address.js';
 import { type DiffOptions, type ListDiff, SAME, type StoredRules, UNSCOPED, diffList } from '../spamlist/list-diff.js';
@@ -120,7 +121,7 @@ const readSql = (source: string, reason: string) => {
             FILTER (WHERE r.expires_at IS NOT NULL AND ${v4}) AS ke,
           string_agg(cidr_send(r.network) || int8send(${SAME_SQL(reason)}) || int8send(r.id) || ${EXPIRY_SQL}, ''::bytea)
             FILTER (WHERE family(r.network) = 6) AS v6,
-          (SELECT change_seq FROM qguard.state) AS seq
+          int8send((SELECT change_seq FROM qguard.state)) AS seq
      FROM qguard.rules r WHERE r.source = ${source}`;
 };
 
@@ -130,13 +131,7 @@ export interface SourceRead {
   seq: number;
 }
 
-/** int8 at `o` as a number (exact below 2^53); the largest int8 (infinity) as Infinity. */
-function int8At(v: DataView, o: number): number {
-  const hi = v.getInt32(o);
-  return hi === 0x7fffffff ? Infinity : hi * 4294967296 + v.getUint32(o + 4);
-}
-
-const view = (b: Buffer) => new DataView(b.buffer, b.byteOffset, b.byteLength);
+const view = viewOf;
 
 function decodeRead(kb: Buffer, ib: Buffer, keb: Buffer, v6b: Buffer, seq: number): SourceRead {
   const n0 = kb.length / 8;
@@ -173,45 +168,23 @@ function decodeRead(kb: Buffer, ib: Buffer, keb: Buffer, v6b: Buffer, seq: numbe
   return { stored: { v4Keys, v4Flags, v4Expires, v4Id, n4, v6 }, seq };
 }
 
-const asBuffer = (u: Uint8Array | null | undefined) => (u ? Buffer.from(u.buffer, u.byteOffset, u.byteLength) : Buffer.alloc(0));
-
 /**
- * Read the source's rules (inside a transaction). On a server through COPY in binary, which hands the values over as
- * they are (node-postgres reads every result value as text: 45 MB of hex for a million rules);
- * on PGlite as a query.
+ * Read the source's rules (inside a transaction), as binary values (lib/db/binary-row.ts: on a
+ * server through COPY, not as 45 MB of hex for a million rules).
  */
 async function readSource(db: Db, tx: Queryable, opts: Pick<SpamlistMerge, 'source' | 'reason'>): Promise<SourceRead> {
-  const client = db.pgClient;
-  if (!client) {
-    type Raw = Uint8Array | null;
-    const r = await tx.query<{ k: Raw; i: Raw; ke: Raw; v6: Raw; seq: number }>(readSql('$1', '$2'), [opts.source, opts.reason]);
-    const row = r.rows[0];
-    return decodeRead(asBuffer(row.k), asBuffer(row.i), asBuffer(row.ke), asBuffer(row.v6), Number(row.seq));
+  if (db.pgClient) {
+    // One process scans, in table order — after our own sorted writes, network order, so the
+    // diff rarely sorts. Parallel workers gain nothing here (the aggregate is the work).
+    await tx.exec('SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off');
   }
-  const { to: copyTo } = await import('pg-copy-streams');
-  // One process scans, in table order — after our own sorted writes, network order, so the
-  // diff rarely sorts. Parallel workers gain nothing here (the aggregate is the work).
-  await tx.exec('SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off');
-  const parts: Buffer[] = [];
-  try {
-    const sql = readSql(client.escapeLiteral(opts.source), client.escapeLiteral(opts.reason));
-    for await (const chunk of client.query(copyTo(`COPY (${sql}) TO STDOUT (FORMAT binary)`))) parts.push(chunk as Buffer);
-  } catch (err) {
-    throw dbError(err, 'reading the rules of the source failed');
-  }
-  // Signature (11 bytes), flags, header extension; one row of five fields; the trailer.
-  const b = Buffer.concat(parts);
-  let pos = 19 + b.readInt32BE(15);
-  if (b.readInt16BE(pos) !== 5) throw new TemporaryError('reading the rules of the source: unexpected COPY data');
-  pos += 2;
-  const field = () => {
-    const len = b.readInt32BE(pos);
-    pos += 4;
-    if (len < 0) return Buffer.alloc(0); // NULL: no such rules
-    pos += len;
-    return b.subarray(pos - len, pos);
-  };
-  const [k, id, ke, v6, seq] = [field(), field(), field(), field(), field()];
+  const [k, id, ke, v6, seq] = await binaryRow(
+    db,
+    tx,
+    5,
+    (lit) => readSql(lit(opts.source), lit(opts.reason)),
+    'reading the rules of the source',
+  );
   // The ids stay (read on demand): a copy of their own, so the rest of the data can go.
   return decodeRead(k, Buffer.from(id), ke, v6, int8At(view(seq), 0));
 }

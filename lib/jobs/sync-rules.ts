@@ -32,6 +32,7 @@ import { readIfExists } from '../io/read-optional.js';
 import { runProgram } from '../io/run-program.js';
 import { checkCdbAnswers, compileCdb, programStamp, tcprulesTakesIpv6 } from '../io/ucspi-tcp.js';
 import { unifiedDiff } from '../io/diff.js';
+import { readCopy, rulesCopyPath, writeCopy } from '../io/rules-copy.js';
 import { FORMAT_VERSION, type Stamp, type SyncState, readState, sameStamp, sha1, stampOf, statePath, writeState } from '../io/sync-state.js';
 import type { FirewallResult } from '../firewall/backends.js';
 
@@ -507,8 +508,12 @@ export async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?:
     log.info(`${what} in ${now - mark} ms`);
     mark = now;
   };
-  const snap = await readSnapshot(await ctx.db(), c.host, c.manageRcpthosts);
-  phase(`read ${snap.v4Count} IPv4 and ${snap.v6.length} IPv6 rules (change ${snap.changeSeq})`);
+  const copyFile = rulesCopyPath(c);
+  const read = await readSnapshot(await ctx.db(), c.host, c.manageRcpthosts, readCopy(copyFile));
+  const snap = read.snapshot;
+  phase(`read ${snap.v4Count} IPv4 and ${snap.v6.length} IPv6 rules (change ${snap.changeSeq}${read.patched ? ', the changed ones only' : ''})`);
+  // The copy is the database's rules, whatever is published: kept for the next run's patch.
+  if (!dryRun) writeCopy(copyFile, read.copy);
   const splitMore = isExecutable(c.qmailNewmrh);
   // (asked only when there is something to write: a run without IPv6 rules starts one tcprules, as before)
   const ipv6 = snap.v6.length > 0 && (c.tcprulesIpv6 === 'on' || (c.tcprulesIpv6 === 'auto' && (await tcprulesTakesIpv6(c.tcprules))));

@@ -194,13 +194,14 @@ describe.skipIf(!TOOLS)('sync-rules', () => {
     expect((await sync()).code).toBe(0);
     const before = snapAll();
     await addRules([{ cidr: '198.51.100.0/24', action: 'deny' }]);
-    await db.exec('ALTER VIEW qguard.live_rules RENAME TO live_rules_gone');
+    // Both ways of reading the rules fail: in full (the view) and patched (the changes).
+    await db.exec('ALTER VIEW qguard.live_rules RENAME TO live_rules_gone; ALTER TABLE qguard.rule_changes RENAME TO rule_changes_gone');
     try {
       const r = await sync();
       expect(r.code).toBe(111);
-      expect(r.stderr).toMatch(/live_rules/);
+      expect(r.stderr).toMatch(/rule_changes/);
     } finally {
-      await db.exec('ALTER VIEW qguard.live_rules_gone RENAME TO live_rules');
+      await db.exec('ALTER VIEW qguard.live_rules_gone RENAME TO live_rules; ALTER TABLE qguard.rule_changes_gone RENAME TO rule_changes');
     }
     expect(snapAll()).toEqual(before);
     expect(tcprulesCalls()).toBe(1);
