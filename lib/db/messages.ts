@@ -43,16 +43,41 @@ export async function loadScanState(db: Queryable, host: string): Promise<ScanSt
 /** Store this host's scan state. */
 export async function saveScanState(
   db: Queryable,
-  s: Omit<ScanState, 'scannedAt'> & { durationMs: number; messages: number },
+  s: Omit<ScanState, 'scannedAt'> & { durationMs: number; messages: number; changed: boolean },
 ): Promise<void> {
   await db.query(
-    `INSERT INTO qguard.queue_scans AS q (host, queue_dir, split, dirs, rotation, scanned_at, duration_ms, messages)
-     VALUES ($1, $2, $3, $4::jsonb, $5, now(), $6, $7)
+    `INSERT INTO qguard.queue_scans AS q (host, queue_dir, split, dirs, rotation, scanned_at, duration_ms, messages, recorded)
+     VALUES ($1, $2, $3, $4::jsonb, $5, now(), $6, $7, 1)
      ON CONFLICT (host) DO UPDATE
        SET queue_dir = EXCLUDED.queue_dir, split = EXCLUDED.split, dirs = EXCLUDED.dirs, rotation = EXCLUDED.rotation,
-           scanned_at = EXCLUDED.scanned_at, duration_ms = EXCLUDED.duration_ms, messages = EXCLUDED.messages`,
-    [s.host, s.queueDir, s.split, JSON.stringify(s.dirs), s.rotation, Math.round(s.durationMs), s.messages],
+           scanned_at = EXCLUDED.scanned_at, duration_ms = EXCLUDED.duration_ms, messages = EXCLUDED.messages,
+           recorded = q.recorded + CASE WHEN $8::boolean THEN 1 ELSE 0 END`,
+    [s.host, s.queueDir, s.split, JSON.stringify(s.dirs), s.rotation, Math.round(s.durationMs), s.messages, s.changed],
   );
+}
+
+/**
+ * What the count depends on besides the configuration: the change counter and every host's
+ * `recorded` number (sql/016). Read before counting: a host that commits meanwhile makes the
+ * next run's signature differ, never the other way round.
+ */
+export async function countSignature(db: Queryable): Promise<string> {
+  const r = await db.query<{ sig: string }>(
+    `SELECT (SELECT change_seq FROM qguard.state)::text || '/' ||
+            coalesce((SELECT string_agg(host || '=' || recorded, ',' ORDER BY host) FROM qguard.queue_scans), '') AS sig`,
+  );
+  return r.rows[0].sig;
+}
+
+/** This host's last count (sql/016), as stored by saveLastCount. */
+export async function lastCount<T>(db: Queryable, host: string): Promise<T | null> {
+  const r = await db.query<{ c: T | string | null }>('SELECT last_count AS c FROM qguard.queue_scans WHERE host = $1', [host]);
+  const c = r.rows[0]?.c ?? null;
+  return typeof c === 'string' ? (JSON.parse(c) as T) : c;
+}
+
+export async function saveLastCount(db: Queryable, host: string, value: unknown): Promise<void> {
+  await db.query('UPDATE qguard.queue_scans SET last_count = $2::jsonb WHERE host = $1', [host, JSON.stringify(value)]);
 }
 
 /** What scan-queue compares a message on disk with. */

@@ -44,6 +44,9 @@ import {
   pruneGone,
   resplit,
   saveScanState,
+  countSignature,
+  lastCount,
+  saveLastCount,
 } from '../db/messages.js';
 import { MessageWriter, hostHasRows } from '../db/message-writer.js';
 import { keepCopies } from '../ops/message-copies.js';
@@ -94,6 +97,12 @@ export interface ScanSummary {
   notDenied: NotDenied[];
   /** Over the threshold and already denied by a live rule. */
   alreadyDenied: number;
+  /**
+   * Nothing the queued count depends on changed since this host's last count (no messages
+   * recorded anywhere, no rule or setting changed, less than 10 minutes ago): its result is
+   * reported again instead of counting (sql/016).
+   */
+  countReused: boolean;
   /** Split groups whose files were listed this run (of `split`). */
   groupsRead: number;
   split: number;
@@ -246,6 +255,7 @@ async function scanInto(
     overThreshold: 0,
     notDenied: [],
     alreadyDenied: 0,
+    countReused: false,
     groupsRead: 0,
     split: layout.split,
     pruned: 0,
@@ -400,6 +410,7 @@ async function scanInto(
     rotation: (rotation + 1) % layout.split,
     durationMs: performance.now() - run.started,
     messages: summary.scanned,
+    changed: summary.new + summary.updated + summary.gone + summary.pruned > 0,
   });
   return summary;
 }
@@ -447,10 +458,53 @@ async function thresholdCandidates(ctx: RunContext, tx: Queryable, window: strin
     .sort((x, y) => y.count - x.count || (x.ip < y.ip ? -1 : 1));
 }
 
+/** What a count found, kept to be reported again while nothing it depends on changed. */
+interface LastCount {
+  sig: string;
+  /** ms since 1970. */
+  at: number;
+  overThreshold: number;
+  alreadyDenied: number;
+  notDenied: NotDenied[];
+}
+
+/** A count older than this is run again, whatever changed (counts fall as messages leave the window). */
+const RECOUNT_MS = 10 * 60_000;
+
 async function denyOverThreshold(ctx: RunContext, tx: Queryable, summary: ScanSummary, run: { dryRun: boolean; deny: boolean }): Promise<void> {
+  const { config } = ctx;
+  // Only the queued count is kept: the log and the spool bring new counts every minute.
+  const keep = config.count === 'queued' && run.deny && !run.dryRun;
+  let sig = '';
+  if (keep) {
+    const inputs = [config.windowSeconds, config.threshold, config.minPrefix, config.scanExempt, ctx.protectedNets()].map((v) =>
+      JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x)),
+    );
+    sig = `${await countSignature(tx)}/${inputs.join('/')}`;
+    const last = await lastCount<LastCount>(tx, config.host);
+    if (last && last.sig === sig && Date.now() - last.at >= 0 && Date.now() - last.at < RECOUNT_MS) {
+      summary.overThreshold = last.overThreshold;
+      summary.alreadyDenied += last.alreadyDenied;
+      summary.notDenied.push(...last.notDenied);
+      summary.countReused = true;
+      ctx.log.info(`queued count as at ${new Date(last.at).toISOString()}: nothing it depends on changed since`);
+      return;
+    }
+  }
   const over = await thresholdCandidates(ctx, tx, summary.window);
   summary.overThreshold = over.length;
+  const before = { already: summary.alreadyDenied, notDenied: summary.notDenied.length };
   await denyCandidates(ctx, tx, summary, run, over);
+  if (keep) {
+    const found: LastCount = {
+      sig,
+      at: Date.now(),
+      overThreshold: over.length,
+      alreadyDenied: summary.alreadyDenied - before.already,
+      notDenied: summary.notDenied.slice(before.notDenied),
+    };
+    await saveLastCount(tx, config.host, found);
+  }
 }
 
 /** QGUARD_CONNECTION_LIMIT: an address that keeps connecting, refused or not — for the firewall to take over. */

@@ -317,3 +317,68 @@ describe('the embedded database', () => {
     }
   });
 });
+
+describe('the count is run again only when something it depends on changed', () => {
+  type Reused = Summary & { countReused: boolean };
+  const run = async (q: QueueBuilder, host: string, extra: Record<string, string> = {}) => {
+    const r = await scan(q, host, [], extra);
+    expect(r.code).toBe(0);
+    return r.s as Reused;
+  };
+
+  it('an unchanged fleet reuses the last count; messages on another host, a rule, a setting or ten minutes count again', async () => {
+    const mx1 = newQueue();
+    const mx2 = newQueue();
+    fill(mx1, '198.51.100.61', 20);
+    await qguard('ip', 'trust', '198.51.100.61', '--reason', 'partner');
+    const a = await run(mx1, 'mx1');
+    expect(a).toMatchObject({ countReused: false, overThreshold: 1, denied: [] });
+    expect(a.notDenied.map((n) => n.ip)).toEqual(['198.51.100.61']);
+    // Nothing changed anywhere: the same result, without counting.
+    const b = await run(mx1, 'mx1');
+    expect(b).toMatchObject({ countReused: true, overThreshold: 1, denied: [], notDenied: a.notDenied });
+
+    // Another server records messages: its 10 and mx1's 10 of one address make 20.
+    fill(mx1, '203.0.113.62', 10);
+    expect((await run(mx1, 'mx1')).denied).toEqual([]);
+    expect((await run(mx1, 'mx1')).countReused).toBe(true);
+    fill(mx2, '203.0.113.62', 10);
+    expect((await run(mx2, 'mx2', { QGUARD_THRESHOLD: '100' })).denied).toEqual([]);
+    const c = await run(mx1, 'mx1');
+    expect(c).toMatchObject({ countReused: false, denied: ['203.0.113.62'] });
+
+    // A rule changes: the partner is trusted no more.
+    expect((await run(mx1, 'mx1')).countReused).toBe(false); // the denial above changed the rules
+    expect((await run(mx1, 'mx1')).countReused).toBe(true);
+    await qguard('ip', 'rm', '198.51.100.61', '--source', 'manual');
+    expect(await run(mx1, 'mx1')).toMatchObject({ countReused: false, denied: ['198.51.100.61'] });
+
+    // A setting changes.
+    fill(mx1, '198.51.100.63', 5);
+    await run(mx1, 'mx1');
+    expect((await run(mx1, 'mx1')).countReused).toBe(true);
+    expect(await run(mx1, 'mx1', { QGUARD_THRESHOLD: '5' })).toMatchObject({ countReused: false, denied: ['198.51.100.63'] });
+
+    // Ten minutes: counted again whatever changed.
+    await run(mx1, 'mx1');
+    expect((await run(mx1, 'mx1')).countReused).toBe(true);
+    const c2 = await db.open();
+    try {
+      await c2.query(`UPDATE qguard.queue_scans SET last_count = jsonb_set(last_count, '{at}', to_jsonb((extract(epoch FROM now()) * 1000 - 600001)::bigint)) WHERE host = 'mx1'`);
+    } finally {
+      await c2.close();
+    }
+    expect((await run(mx1, 'mx1')).countReused).toBe(false);
+  });
+
+  it('--no-deny, --dry-run and QGUARD_COUNT=both always count', async () => {
+    const q = newQueue();
+    fill(q, '198.51.100.64', 20);
+    for (const args of [['--no-deny'], ['--no-deny'], ['--dry-run'], ['--dry-run']]) {
+      const r = await scan(q, 'mx3', args);
+      expect((r.s as Reused).countReused).toBe(false);
+      expect(r.s!.overThreshold).toBe(1);
+    }
+    for (let i = 0; i < 2; i++) expect(((await scan(q, 'mx3', [], { QGUARD_COUNT: 'both' })).s as Reused).countReused).toBe(false);
+  });
+});
