@@ -278,14 +278,16 @@ export async function messagesWithoutCopy(
   host: string,
   limit: number,
   /** Only records older than this one (the run's previous batch ended there). */
-  before = Number.MAX_SAFE_INTEGER,
+  before: number,
+  /** Only records newer than this one (all up to it were seen: copiesCheckedTo). */
+  after: number,
 ): Promise<{ id: number; queueId: string; split: number; sourceIp: string; line1: string }[]> {
   const r = await db.query<{ id: string; queue_id: string; split: number; source_ip: string; line1: string }>(
     `SELECT m.id, m.queue_id, m.split, host(m.source_ip) AS source_ip, m.line1 FROM qguard.messages m
       WHERE m.host = $1 AND m.gone_at IS NULL AND m.source_ip IS NOT NULL AND m.copy_skipped = false
-        AND m.id < $3 AND NOT EXISTS (SELECT 1 FROM qguard.message_copies c WHERE c.message_id = m.id)
+        AND m.id < $3 AND m.id > $4 AND NOT EXISTS (SELECT 1 FROM qguard.message_copies c WHERE c.message_id = m.id)
       ORDER BY m.id DESC LIMIT $2`,
-    [host, limit, before],
+    [host, limit, before, after],
   );
   return r.rows.map((x) => ({ id: Number(x.id), queueId: x.queue_id, split: x.split, sourceIp: x.source_ip, line1: x.line1 }));
 }
@@ -353,9 +355,30 @@ export async function storeCopies(db: Db, host: string, copies: readonly NewCopy
 }
 
 /** Copies turned off (QGUARD_COPY_BYTES=0): drop this host's copies of queued messages. */
-export async function dropCopies(db: Queryable, host: string): Promise<number> {
-  const r = await db.query('DELETE FROM qguard.message_copies WHERE host = $1 AND quarantine_id IS NULL', [host]);
-  return r.rowCount ?? 0;
+export async function dropCopies(db: Db, host: string): Promise<number> {
+  return db.transaction(async (tx) => {
+    const r = await tx.query('DELETE FROM qguard.message_copies WHERE host = $1 AND quarantine_id IS NULL', [host]);
+    await tx.query('UPDATE qguard.queue_scans SET copies_checked_to = 0 WHERE host = $1', [host]);
+    return r.rowCount ?? 0;
+  });
+}
+
+/**
+ * Where the search for messages without a copy starts (sql/017): every message of the host up
+ * to this id has its copy or needs none; and the host's newest message id now.
+ */
+export async function copiesCheckedTo(db: Queryable, host: string): Promise<{ checkedTo: number; newest: number }> {
+  const r = await db.query<{ c: string | null; n: string | null }>(
+    `SELECT (SELECT copies_checked_to FROM qguard.queue_scans WHERE host = $1)::text AS c,
+            (SELECT max(id) FROM qguard.messages WHERE host = $1)::text AS n`,
+    [host],
+  );
+  return { checkedTo: Number(r.rows[0]?.c ?? 0), newest: Number(r.rows[0]?.n ?? 0) };
+}
+
+/** Every message of the host up to `id` has been seen by the search (see copiesCheckedTo). */
+export async function setCopiesCheckedTo(db: Queryable, host: string, id: number): Promise<void> {
+  await db.query('UPDATE qguard.queue_scans SET copies_checked_to = greatest(copies_checked_to, $2) WHERE host = $1', [host, id]);
 }
 
 /** A quarantined message keeps its copy: move it from the message row to the entry. */

@@ -7,7 +7,7 @@
 
 import type { RunContext } from '../context.js';
 import type { Db } from '../db/connect.js';
-import { type NewCopy, dropCopies, messagesWithoutCopy, storeCopies } from '../db/web.js';
+import { type NewCopy, copiesCheckedTo, dropCopies, messagesWithoutCopy, setCopiesCheckedTo, storeCopies } from '../db/web.js';
 import { readHead } from '../io/queue-walk.js';
 import { type QueueLayout, absPath } from '../qmail/queued-message.js';
 import { rulesAndVerdicts } from './verdicts.js';
@@ -33,10 +33,16 @@ export async function keepCopies(ctx: RunContext, db: Db, layout: QueueLayout, s
   }
   const until = performance.now() + Math.max(MIN_BUDGET_MS, COPY_SHARE * scanMs);
   let copied = 0;
-  let before: number | undefined;
+  // Messages only get newer ids (sql/017): the search starts above the last one fully seen,
+  // and when it reaches that point in this run, everything up to today's newest was seen.
+  const { checkedTo, newest } = await copiesCheckedTo(db, host);
+  let before = newest + 1;
   for (let seen = 0; seen < PER_RUN && performance.now() < until; ) {
-    const todo = await messagesWithoutCopy(db, host, BATCH, before);
-    if (todo.length === 0) break;
+    const todo = await messagesWithoutCopy(db, host, BATCH, before, checkedTo);
+    if (todo.length === 0) {
+      await setCopiesCheckedTo(db, host, newest);
+      break;
+    }
     seen += todo.length;
     before = todo[todo.length - 1].id;
     const verdicts = await rulesAndVerdicts(db, [...new Set(todo.map((t) => t.sourceIp))], ctx.protectedNets());
@@ -59,7 +65,10 @@ export async function keepCopies(ctx: RunContext, db: Db, layout: QueueLayout, s
     }
     await storeCopies(db, host, copies, skipped);
     copied += copies.length;
-    if (todo.length < BATCH) break;
+    if (todo.length < BATCH) {
+      await setCopiesCheckedTo(db, host, newest);
+      break;
+    }
   }
   return copied;
 }

@@ -530,3 +530,51 @@ describe('queue layouts', () => {
     expect(r.stderr).toMatch(new RegExp(`^scan-queue: fatal: unable to read queue ${dir}/mess`));
   });
 });
+
+describe("the review page's readable copies", () => {
+  const host = { QGUARD_HOST: 'copies' };
+  const counts = async () => {
+    const c = await db.open();
+    try {
+      const r = await c.query<{ live: string; copies: string; to: string }>(
+        `SELECT (SELECT count(*) FROM qguard.messages WHERE host = 'copies' AND gone_at IS NULL)::text AS live,
+                (SELECT count(*) FROM qguard.message_copies c JOIN qguard.messages m ON m.id = c.message_id
+                  WHERE m.host = 'copies' AND m.gone_at IS NULL)::text AS copies,
+                (SELECT copies_checked_to FROM qguard.queue_scans WHERE host = 'copies')::text AS to`,
+      );
+      return { live: Number(r.rows[0].live), copies: Number(r.rows[0].copies), checkedTo: Number(r.rows[0].to) };
+    } finally {
+      await c.close();
+    }
+  };
+  let pid = 40_000;
+  const add = (q: QueueBuilder, n: number) => {
+    for (let i = 0; i < n; i++) {
+      q.add({ mess: networkMessage({ ip: `198.51.100.${(i % 200) + 1}`, pid: pid++, content: plainMessage({ subject: `copy ${pid}` }) }), recipients: ['dave@example.net'] });
+    }
+  };
+
+  it('every message gets its copy, later ones too; turned off and on, all are copied again', async () => {
+    const q = QueueBuilder.create();
+    try {
+      add(q, 30);
+      await scan(q, ['--no-deny'], host);
+      expect(await counts()).toMatchObject({ live: 30, copies: 30 });
+      const first = (await counts()).checkedTo;
+      expect(first).toBeGreaterThan(0);
+      // New messages above the mark get theirs; nothing below it is looked at again.
+      add(q, 5);
+      await scan(q, ['--no-deny'], host);
+      const after = await counts();
+      expect(after).toMatchObject({ live: 35, copies: 35 });
+      expect(after.checkedTo).toBeGreaterThan(first);
+      // Off: copies dropped and the mark reset; on again: every message copied again.
+      await scan(q, ['--no-deny'], { ...host, QGUARD_COPY_BYTES: '0' });
+      expect(await counts()).toMatchObject({ live: 35, copies: 0, checkedTo: 0 });
+      await scan(q, ['--no-deny'], host);
+      expect(await counts()).toMatchObject({ live: 35, copies: 35 });
+    } finally {
+      q.destroy();
+    }
+  });
+});
