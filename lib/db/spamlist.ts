@@ -131,22 +131,20 @@ export interface SourceRead {
   seq: number;
 }
 
-const view = viewOf;
-
 function decodeRead(kb: Buffer, ib: Buffer, keb: Buffer, v6b: Buffer, seq: number): SourceRead {
   const n0 = kb.length / 8;
   const n4 = n0 + keb.length / 24;
   const v4Keys = new Float64Array(n4);
   const v4Flags = new Uint8Array(n4);
   const v4Expires = new Float64Array(n4).fill(Infinity);
-  const k = view(kb);
+  const k = viewOf(kb);
   for (let j = 0, o = 0; j < n0; j++, o += 8) {
     const kf = k.getUint32(o) * 4294967296 + k.getUint32(o + 4);
     const key = Math.floor(kf / 4);
     v4Keys[j] = key;
     v4Flags[j] = kf - key * 4;
   }
-  const ke = view(keb);
+  const ke = viewOf(keb);
   for (let j = n0, o = 0; j < n4; j++, o += 24) {
     const kf = ke.getUint32(o) * 4294967296 + ke.getUint32(o + 4);
     const key = Math.floor(kf / 4);
@@ -155,10 +153,10 @@ function decodeRead(kb: Buffer, ib: Buffer, keb: Buffer, v6b: Buffer, seq: numbe
     v4Expires[j] = int8At(ke, o + 16);
   }
   // Ids are needed only for the rules that change: read on demand.
-  const id = view(ib);
+  const id = viewOf(ib);
   const v4Id = (j: number) => (j < n0 ? int8At(id, j * 8) : int8At(ke, (j - n0) * 24 + 8));
   const v6: StoredRules['v6'] = [];
-  const v = view(v6b);
+  const v = viewOf(v6b);
   for (let o = 0; o + 44 <= v6b.length; o += 44) {
     // cidr_send: family, bits, is_cidr, 16 (the address length), the address.
     const addr = (v6b.readBigUInt64BE(o + 4) << 64n) | v6b.readBigUInt64BE(o + 12);
@@ -186,7 +184,7 @@ async function readSource(db: Db, tx: Queryable, opts: Pick<SpamlistMerge, 'sour
     'reading the rules of the source',
   );
   // The ids stay (read on demand): a copy of their own, so the rest of the data can go.
-  return decodeRead(k, Buffer.from(id), ke, v6, int8At(view(seq), 0));
+  return decodeRead(k, Buffer.from(id), ke, v6, int8At(viewOf(seq), 0));
 }
 
 /**

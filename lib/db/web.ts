@@ -365,12 +365,16 @@ export async function dropCopies(db: Db, host: string): Promise<number> {
 
 /**
  * Where the search for messages without a copy starts (sql/017): every message of the host up
- * to this id has its copy or needs none; and the host's newest message id now.
+ * to this id has its copy or needs none; and the newest id of a message that may need one now
+ * (the last entry of the partial index messages_copy_todo: a max over all of the host's messages would
+ * walk the primary key back through the other hosts' newer ids).
  */
 export async function copiesCheckedTo(db: Queryable, host: string): Promise<{ checkedTo: number; newest: number }> {
   const r = await db.query<{ c: string | null; n: string | null }>(
     `SELECT (SELECT copies_checked_to FROM qguard.queue_scans WHERE host = $1)::text AS c,
-            (SELECT max(id) FROM qguard.messages WHERE host = $1)::text AS n`,
+            (SELECT id FROM qguard.messages
+              WHERE host = $1 AND gone_at IS NULL AND source_ip IS NOT NULL AND copy_skipped = false
+              ORDER BY id DESC LIMIT 1)::text AS n`,
     [host],
   );
   return { checkedTo: Number(r.rows[0]?.c ?? 0), newest: Number(r.rows[0]?.n ?? 0) };

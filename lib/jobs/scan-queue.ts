@@ -474,10 +474,10 @@ const RECOUNT_MS = 10 * 60_000;
 async function denyOverThreshold(ctx: RunContext, tx: Queryable, summary: ScanSummary, run: { dryRun: boolean; deny: boolean }): Promise<void> {
   const { config } = ctx;
   // Only the queued count is kept: the log and the spool bring new counts every minute.
-  const keep = config.count === 'queued' && run.deny && !run.dryRun;
+  const keep = config.count === 'queued' && !run.dryRun;
   let sig = '';
   if (keep) {
-    const inputs = [config.windowSeconds, config.threshold, config.minPrefix, config.scanExempt, ctx.protectedNets()].map((v) =>
+    const inputs = [run.deny, config.windowSeconds, config.threshold, config.minPrefix, config.scanExempt, ctx.protectedNets()].map((v) =>
       JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x)),
     );
     sig = `${await countSignature(tx)}/${inputs.join('/')}`;

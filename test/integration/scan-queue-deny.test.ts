@@ -371,13 +371,14 @@ describe('the count is run again only when something it depends on changed', () 
     expect((await run(mx1, 'mx1')).countReused).toBe(false);
   });
 
-  it('--no-deny, --dry-run and QGUARD_COUNT=both always count', async () => {
+  it('--no-deny keeps a count of its own; --dry-run and QGUARD_COUNT=both always count', async () => {
     const q = newQueue();
     fill(q, '198.51.100.64', 20);
-    for (const args of [['--no-deny'], ['--no-deny'], ['--dry-run'], ['--dry-run']]) {
-      const r = await scan(q, 'mx3', args);
-      expect((r.s as Reused).countReused).toBe(false);
+    for (const [args, reused] of [[['--no-deny'], false], [['--no-deny'], true], [['--dry-run'], false], [['--dry-run'], false]] as const) {
+      const r = await scan(q, 'mx3', [...args]);
+      expect((r.s as Reused).countReused).toBe(reused);
       expect(r.s!.overThreshold).toBe(1);
+      expect(r.s!.notDenied).toEqual(args[0] === '--no-deny' ? [{ ip: '198.51.100.64', count: 20, why: '--no-deny' }] : []);
     }
     for (let i = 0; i < 2; i++) expect(((await scan(q, 'mx3', [], { QGUARD_COUNT: 'both' })).s as Reused).countReused).toBe(false);
   });
