@@ -57,16 +57,16 @@ export async function saveScanState(
 }
 
 /**
- * What the count depends on besides the configuration: the change counter and every host's
- * `recorded` number (sql/016). Read before counting: a host that commits meanwhile makes the
+ * What the count depends on besides the configuration: every host's `recorded` number
+ * (sql/016); and what the decisions on its addresses depend on: the change counter. Read before counting: a host that commits meanwhile makes the
  * next run's signature differ, never the other way round.
  */
-export async function countSignature(db: Queryable): Promise<string> {
-  const r = await db.query<{ sig: string }>(
-    `SELECT (SELECT change_seq FROM qguard.state)::text || '/' ||
-            coalesce((SELECT string_agg(host || '=' || recorded, ',' ORDER BY host) FROM qguard.queue_scans), '') AS sig`,
+export async function countSignature(db: Queryable): Promise<{ changeSeq: string; recorded: string }> {
+  const r = await db.query<{ seq: string; rec: string }>(
+    `SELECT (SELECT change_seq FROM qguard.state)::text AS seq,
+            coalesce((SELECT string_agg(host || '=' || recorded, ',' ORDER BY host) FROM qguard.queue_scans), '') AS rec`,
   );
-  return r.rows[0].sig;
+  return { changeSeq: r.rows[0].seq, recorded: r.rows[0].rec };
 }
 
 /** This host's last count (sql/016), as stored by saveLastCount. */

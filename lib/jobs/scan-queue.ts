@@ -98,9 +98,9 @@ export interface ScanSummary {
   /** Over the threshold and already denied by a live rule. */
   alreadyDenied: number;
   /**
-   * Nothing the queued count depends on changed since this host's last count (no messages
-   * recorded anywhere, no rule or setting changed, less than 10 minutes ago): its result is
-   * reported again instead of counting (sql/016).
+   * No messages recorded anywhere and no setting changed since this host's last count (less
+   * than 10 minutes ago): the queued count was not run again (sql/016). Its result is reported
+   * as it was, or, when the rules changed, its addresses were decided on again.
    */
   countReused: boolean;
   /** Split groups whose files were listed this run (of `split`). */
@@ -458,12 +458,20 @@ async function thresholdCandidates(ctx: RunContext, tx: Queryable, window: strin
     .sort((x, y) => y.count - x.count || (x.ip < y.ip ? -1 : 1));
 }
 
-/** What a count found, kept to be reported again while nothing it depends on changed. */
+/**
+ * What this host's last queued count found (sql/016). While no messages were recorded anywhere
+ * and the settings are the same, its addresses over the threshold are still the ones: with
+ * the rules unchanged too, its result is reported again; with the rules changed, only the
+ * decisions on those addresses are made again (a relay permission, a trust rule removed).
+ */
 interface LastCount {
+  /** Every host's recorded number and the settings. */
   sig: string;
-  /** ms since 1970. */
+  /** The change counter the decisions saw. */
+  changeSeq: string;
+  /** When it counted (ms since 1970). */
   at: number;
-  overThreshold: number;
+  over: Candidate[];
   alreadyDenied: number;
   notDenied: NotDenied[];
 }
@@ -474,37 +482,49 @@ const RECOUNT_MS = 10 * 60_000;
 async function denyOverThreshold(ctx: RunContext, tx: Queryable, summary: ScanSummary, run: { dryRun: boolean; deny: boolean }): Promise<void> {
   const { config } = ctx;
   // Only the queued count is kept: the log and the spool bring new counts every minute.
-  const keep = config.count === 'queued' && !run.dryRun;
-  let sig = '';
-  if (keep) {
-    const inputs = [run.deny, config.windowSeconds, config.threshold, config.minPrefix, config.scanExempt, ctx.protectedNets()].map((v) =>
-      JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x)),
-    );
-    sig = `${await countSignature(tx)}/${inputs.join('/')}`;
-    const last = await lastCount<LastCount>(tx, config.host);
-    if (last && last.sig === sig && Date.now() - last.at >= 0 && Date.now() - last.at < RECOUNT_MS) {
-      summary.overThreshold = last.overThreshold;
-      summary.alreadyDenied += last.alreadyDenied;
-      summary.notDenied.push(...last.notDenied);
-      summary.countReused = true;
-      ctx.log.info(`queued count as at ${new Date(last.at).toISOString()}: nothing it depends on changed since`);
-      return;
-    }
+  if (config.count !== 'queued' || run.dryRun) {
+    const over = await thresholdCandidates(ctx, tx, summary.window);
+    summary.overThreshold = over.length;
+    await denyCandidates(ctx, tx, summary, run, over);
+    return;
   }
-  const over = await thresholdCandidates(ctx, tx, summary.window);
+  const inputs = [run.deny, config.windowSeconds, config.threshold, config.minPrefix, config.scanExempt, ctx.protectedNets()].map((v) =>
+    JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x)),
+  );
+  // Read before counting: a host that commits meanwhile makes the next run's differ.
+  const now = await countSignature(tx);
+  const sig = `${now.recorded}/${inputs.join('/')}`;
+  const last = await lastCount<LastCount>(tx, config.host);
+  const age = last ? Date.now() - last.at : -1;
+  const fresh = last !== null && last.sig === sig && Array.isArray(last.over) && age >= 0 && age < RECOUNT_MS;
+  if (fresh && last.changeSeq === now.changeSeq) {
+    summary.overThreshold = last.over.length;
+    summary.alreadyDenied += last.alreadyDenied;
+    summary.notDenied.push(...last.notDenied);
+    summary.countReused = true;
+    ctx.log.info(`queued count as at ${new Date(last.at).toISOString()}: nothing it depends on changed since`);
+    return;
+  }
+  let over: Candidate[];
+  if (fresh) {
+    over = last.over;
+    summary.countReused = true;
+    ctx.log.info(`queued count as at ${new Date(last.at).toISOString()} (no messages recorded since): the rules changed, deciding again`);
+  } else {
+    over = await thresholdCandidates(ctx, tx, summary.window);
+  }
   summary.overThreshold = over.length;
   const before = { already: summary.alreadyDenied, notDenied: summary.notDenied.length };
   await denyCandidates(ctx, tx, summary, run, over);
-  if (keep) {
-    const found: LastCount = {
-      sig,
-      at: Date.now(),
-      overThreshold: over.length,
-      alreadyDenied: summary.alreadyDenied - before.already,
-      notDenied: summary.notDenied.slice(before.notDenied),
-    };
-    await saveLastCount(tx, config.host, found);
-  }
+  const found: LastCount = {
+    sig,
+    changeSeq: now.changeSeq,
+    at: fresh ? last.at : Date.now(),
+    over,
+    alreadyDenied: summary.alreadyDenied - before.already,
+    notDenied: summary.notDenied.slice(before.notDenied),
+  };
+  await saveLastCount(tx, config.host, found);
 }
 
 /** QGUARD_CONNECTION_LIMIT: an address that keeps connecting, refused or not — for the firewall to take over. */

@@ -347,11 +347,27 @@ describe('the count is run again only when something it depends on changed', () 
     const c = await run(mx1, 'mx1');
     expect(c).toMatchObject({ countReused: false, denied: ['203.0.113.62'] });
 
-    // A rule changes: the partner is trusted no more.
-    expect((await run(mx1, 'mx1')).countReused).toBe(false); // the denial above changed the rules
-    expect((await run(mx1, 'mx1')).countReused).toBe(true);
+    // A rule changes: the same addresses are decided on again, without counting. The partner
+    // is trusted no more: denied.
+    expect(await run(mx1, 'mx1')).toMatchObject({ countReused: true, denied: [], alreadyDenied: 1 });
     await qguard('ip', 'rm', '198.51.100.61', '--source', 'manual');
-    expect(await run(mx1, 'mx1')).toMatchObject({ countReused: false, denied: ['198.51.100.61'] });
+    const d = await run(mx1, 'mx1');
+    expect(d).toMatchObject({ countReused: true, denied: ['198.51.100.61'], notDenied: [] });
+    // Proof that it did not count: messages written behind scan-queue's back are not seen
+    // until something is recorded (no mail server writes them so).
+    const c1 = await db.open();
+    try {
+      await c1.query(
+        `INSERT INTO qguard.messages (host, queue_id, line1, split, source_ip, state, arrival, kind, size, sig, mess_sig)
+         SELECT 'ghost', 900000 + g, 'forged ' || g, 0, '198.51.100.69', 'todo', now(), 'network', 1, 'x', 'x' FROM generate_series(1, 25) g`,
+      );
+    } finally {
+      await c1.close();
+    }
+    await qguard('ip', 'allow', '192.0.2.200', '--reason', 'a login');
+    expect(await run(mx1, 'mx1')).toMatchObject({ countReused: true, denied: [] });
+    fill(mx1, '198.51.100.70', 1);
+    expect(await run(mx1, 'mx1')).toMatchObject({ countReused: false, denied: ['198.51.100.69'] });
 
     // A setting changes.
     fill(mx1, '198.51.100.63', 5);
