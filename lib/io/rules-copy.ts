@@ -2,14 +2,19 @@
 // what changed since), one binary file beside its state file: a header line of JSON (the
 // database instance, host, change number, when it was read in full, the IPv6 rules), then the
 // IPv4 rules as three arrays of 8-byte numbers (ids, sort keys, expiry) in this machine's
-// byte order — a million rules are 24 MB, read in a few milliseconds. Written atomically; a
-// missing, foreign or broken file is no copy (the rules are read in full, as on a first run).
+// byte order — a million rules are 24 MB, read in a few milliseconds — and a CRC-32 of all of
+// it. Renamed into place but not fsynced (up to 0.1 s a run): after a crash the file is the old
+// copy, the new one, or bytes that fail the CRC. A missing, foreign or broken file is no copy
+// (the rules are read in full, as on a first run); an old one is patched from its own change
+// number, as it should be.
 
 import type { Config } from '../config.js';
 import type { CopyRule6, RulesCopy } from '../db/rules-snapshot.js';
 import { formatNet, mustParseNet } from '../net/address.js';
 import type { Action } from '../policy/decide.js';
-import { writeFileAtomic } from './atomic-write.js';
+import fs from 'node:fs';
+import zlib from 'node:zlib';
+import { removeStaleTemps, tempName } from './atomic-write.js';
 import { readIfExists } from './read-optional.js';
 import { statePath } from './sync-state.js';
 
@@ -45,13 +50,24 @@ export function encodeCopy(c: RulesCopy): Buffer {
   head = Buffer.concat([head, Buffer.alloc((8 - (head.length % 8)) % 8, ' ')]);
   const n = c.v4Count * 8;
   const arrays = [c.v4Ids, c.v4Keys, c.v4Expires].map((a) => Buffer.from(a.buffer, a.byteOffset, n));
-  return Buffer.concat([head, ...arrays]);
+  const out = Buffer.allocUnsafe(head.length + 3 * n + 4);
+  let crc = 0;
+  let pos = 0;
+  for (const part of [head, ...arrays]) {
+    part.copy(out, pos);
+    pos += part.length;
+    crc = zlib.crc32(part, crc);
+  }
+  out.writeUInt32BE(crc, pos);
+  return out;
 }
 
 /** The copy in `b`, or null when it is not one (wrong magic, lengths, values). */
 export function decodeCopy(b: Buffer): RulesCopy | null {
   try {
-    if (b.toString('latin1', 0, MAGIC.length) !== MAGIC) return null;
+    if (b.length < MAGIC.length + 4 || b.toString('latin1', 0, MAGIC.length) !== MAGIC) return null;
+    if (zlib.crc32(b.subarray(0, b.length - 4)) !== b.readUInt32BE(b.length - 4)) return null;
+    b = b.subarray(0, b.length - 4);
     const nl = b.indexOf(10, MAGIC.length);
     if (nl < 0) return null;
     const h = JSON.parse(b.toString('utf8', MAGIC.length, nl)) as Header;
@@ -88,5 +104,12 @@ export function readCopy(file: string): RulesCopy | null {
 }
 
 export function writeCopy(file: string, c: RulesCopy): void {
-  writeFileAtomic(file, encodeCopy(c));
+  removeStaleTemps(file);
+  const tmp = tempName(file);
+  try {
+    fs.writeFileSync(tmp, encodeCopy(c), { mode: 0o600 });
+    fs.renameSync(tmp, file);
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
 }
