@@ -358,31 +358,46 @@ export async function storeCopies(db: Db, host: string, copies: readonly NewCopy
 export async function dropCopies(db: Db, host: string): Promise<number> {
   return db.transaction(async (tx) => {
     const r = await tx.query('DELETE FROM qguard.message_copies WHERE host = $1 AND quarantine_id IS NULL', [host]);
-    await tx.query('UPDATE qguard.queue_scans SET copies_checked_to = 0 WHERE host = $1', [host]);
+    await tx.query('UPDATE qguard.queue_scans SET copies_checked_to = 0, copies_walk_from = NULL, copies_walk_top = NULL WHERE host = $1', [host]);
     return r.rowCount ?? 0;
   });
 }
 
-/**
- * Where the search for messages without a copy starts (sql/017): every message of the host up
- * to this id has its copy or needs none; and the newest id of a message that may need one now
- * (the last entry of the partial index messages_copy_todo: a max over all of the host's messages would
- * walk the primary key back through the other hosts' newer ids).
- */
-export async function copiesCheckedTo(db: Queryable, host: string): Promise<{ checkedTo: number; newest: number }> {
-  const r = await db.query<{ c: string | null; n: string | null }>(
-    `SELECT (SELECT copies_checked_to FROM qguard.queue_scans WHERE host = $1)::text AS c,
-            (SELECT id FROM qguard.messages
-              WHERE host = $1 AND gone_at IS NULL AND source_ip IS NOT NULL AND copy_skipped = false
-              ORDER BY id DESC LIMIT 1)::text AS n`,
-    [host],
-  );
-  return { checkedTo: Number(r.rows[0]?.c ?? 0), newest: Number(r.rows[0]?.n ?? 0) };
+/** What the search for messages without a copy has seen (sql/017). */
+export interface CopyWalk {
+  /** Every message up to this id has its copy or needs none. */
+  checkedTo: number;
+  /** A walk that ran out of time saw from..top as well; null: none. */
+  from: number | null;
+  top: number | null;
 }
 
-/** Every message of the host up to `id` has been seen by the search (see copiesCheckedTo). */
-export async function setCopiesCheckedTo(db: Queryable, host: string, id: number): Promise<void> {
-  await db.query('UPDATE qguard.queue_scans SET copies_checked_to = greatest(copies_checked_to, $2) WHERE host = $1', [host, id]);
+/**
+ * The walk so far, and the newest id of a message that may need a copy now (the last entry of
+ * the partial index messages_copy_todo: a max over all of the host's messages would walk the
+ * primary key back through the other hosts' newer ids).
+ */
+export async function copyWalk(db: Queryable, host: string): Promise<CopyWalk & { newest: number }> {
+  const r = await db.query<{ c: string | null; f: string | null; t: string | null; n: string | null }>(
+    `SELECT s.copies_checked_to::text AS c, s.copies_walk_from::text AS f, s.copies_walk_top::text AS t,
+            (SELECT id FROM qguard.messages
+              WHERE host = $1 AND gone_at IS NULL AND source_ip IS NOT NULL AND copy_skipped = false
+              ORDER BY id DESC LIMIT 1)::text AS n
+       FROM (SELECT 1) one LEFT JOIN qguard.queue_scans s ON s.host = $1`,
+    [host],
+  );
+  const row = r.rows[0];
+  const num = (v: string | null | undefined) => (v === null || v === undefined ? null : Number(v));
+  return { checkedTo: num(row?.c) ?? 0, from: num(row?.f), top: num(row?.t), newest: num(row?.n) ?? 0 };
+}
+
+export async function saveCopyWalk(db: Queryable, host: string, w: CopyWalk): Promise<void> {
+  await db.query('UPDATE qguard.queue_scans SET copies_checked_to = $2, copies_walk_from = $3, copies_walk_top = $4 WHERE host = $1', [
+    host,
+    w.checkedTo,
+    w.from,
+    w.top,
+  ]);
 }
 
 /** A quarantined message keeps its copy: move it from the message row to the entry. */

@@ -7,7 +7,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { keepCopies } from '../../lib/ops/message-copies.js';
+import type { RunContext } from '../../lib/context.js';
 import { listIds, openQueue, readListedMessage, readMessage, readMessageWith, statMessage } from '../../lib/io/queue-walk.js';
 import { QUEUE_DIRS, type QueueDirName, messageSignature, signatureReusing } from '../../lib/qmail/queued-message.js';
 import {
@@ -553,6 +555,55 @@ describe("the review page's readable copies", () => {
       q.add({ mess: networkMessage({ ip: `198.51.100.${(i % 200) + 1}`, pid: pid++, content: plainMessage({ subject: `copy ${pid}` }) }), recipients: ['dave@example.net'] });
     }
   };
+
+  it('runs that run out of time go on where the last stopped, and new messages are not left behind', async () => {
+    const q = QueueBuilder.create();
+    const c = await db.open();
+    // A clock that is past the budget as soon as the run has started: one batch (2,000) per
+    // part of the walk and run.
+    let reads = 0;
+    const clock = () => vi.spyOn(performance, 'now').mockImplementation(() => (reads++ === 0 ? 0 : 1e12));
+    let now = clock();
+    try {
+      add(q, 9000);
+      await scan(q, ['--no-deny'], { ...host, QGUARD_COPY_BYTES: '0' });
+      const ctx = { config: { ...db.config, host: 'copies', copyBytes: 4096 }, protectedNets: () => [] } as unknown as RunContext;
+      const layout = openQueue(q.dir);
+      const run = () => {
+        reads = 0;
+        return keepCopies(ctx, c, layout, 0);
+      };
+      const walkState = async () =>
+        (await c.query<{ f: string | null; t: string | null }>("SELECT copies_walk_from::text AS f, copies_walk_top::text AS t FROM qguard.queue_scans WHERE host = 'copies'")).rows[0];
+      const got: number[] = [];
+      let partialSeen = false;
+      for (let i = 0; i < 10 && (await counts()).copies < (await counts()).live; i++) {
+        got.push(await run());
+        if ((await walkState()).f !== null) partialSeen = true;
+        if (i === 1) {
+          // New mail arrives while a walk is unfinished, recorded by a real run (which copies
+          // too, on the real clock).
+          now.mockRestore();
+          add(q, 7);
+          await scan(q, ['--no-deny'], host);
+          now = clock();
+        }
+      }
+      const end = await counts();
+      expect(end.live).toBe(9007);
+      // The first call stopped after its batch; the second went on below it (nothing new above).
+      expect(got.slice(0, 2)).toEqual([2000, 2000]);
+      expect(end.copies).toBe(end.live);
+      expect(partialSeen).toBe(true);
+      expect((await walkState()).f).toBeNull();
+      // Nothing left: the next call copies nothing and looks at nothing below the mark.
+      expect(await run()).toBe(0);
+    } finally {
+      vi.restoreAllMocks();
+      await c.close();
+      q.destroy();
+    }
+  }, 120_000);
 
   it('every message gets its copy, later ones too; turned off and on, all are copied again', async () => {
     const q = QueueBuilder.create();
