@@ -8,17 +8,36 @@
 // (the rules are read in full, as on a first run); an old one is patched from its own change
 // number, as it should be.
 
+import fs from 'node:fs';
+import zlib from 'node:zlib';
 import type { Config } from '../config.js';
 import type { CopyRule6, RulesCopy } from '../db/rules-snapshot.js';
 import { formatNet, mustParseNet } from '../net/address.js';
 import type { Action } from '../policy/decide.js';
-import fs from 'node:fs';
-import zlib from 'node:zlib';
 import { removeStaleTemps, tempName } from './atomic-write.js';
 import { readIfExists } from './read-optional.js';
 import { statePath } from './sync-state.js';
 
 const MAGIC = 'qguard rules copy 1\n';
+
+/** CRC-32 (zlib's, native since Node 20.15; the same polynomial in JavaScript before). */
+const crc32: (data: Uint8Array, value?: number) => number =
+  (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32 ?? jsCrc32;
+
+let table: Int32Array | null = null;
+export function jsCrc32(data: Uint8Array, value = 0): number {
+  if (!table) {
+    table = new Int32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      table[n] = c;
+    }
+  }
+  let c = ~value;
+  for (let i = 0; i < data.length; i++) c = table[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+  return ~c >>> 0;
+}
 
 /** The copy's file for this target: the state file's name with `.rules` instead of `.state`. */
 export function rulesCopyPath(c: Config): string {
@@ -56,7 +75,7 @@ export function encodeCopy(c: RulesCopy): Buffer {
   for (const part of [head, ...arrays]) {
     part.copy(out, pos);
     pos += part.length;
-    crc = zlib.crc32(part, crc);
+    crc = crc32(part, crc);
   }
   out.writeUInt32BE(crc, pos);
   return out;
@@ -66,7 +85,7 @@ export function encodeCopy(c: RulesCopy): Buffer {
 export function decodeCopy(b: Buffer): RulesCopy | null {
   try {
     if (b.length < MAGIC.length + 4 || b.toString('latin1', 0, MAGIC.length) !== MAGIC) return null;
-    if (zlib.crc32(b.subarray(0, b.length - 4)) !== b.readUInt32BE(b.length - 4)) return null;
+    if (crc32(b.subarray(0, b.length - 4)) !== b.readUInt32BE(b.length - 4)) return null;
     b = b.subarray(0, b.length - 4);
     const nl = b.indexOf(10, MAGIC.length);
     if (nl < 0) return null;
