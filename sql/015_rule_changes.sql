@@ -19,70 +19,44 @@ UPDATE qguard.state SET changes_after = change_seq;
 ALTER TABLE qguard.state ALTER COLUMN changes_after SET NOT NULL;
 ALTER TABLE qguard.state ADD COLUMN instance uuid NOT NULL DEFAULT gen_random_uuid();
 
--- sql/011's function, recording the touched rules after the bump.
-CREATE OR REPLACE FUNCTION qguard.audit_rules() RETURNS trigger
+-- Written by triggers of their own, after the audit triggers (same event: triggers fire in name
+-- order), which have bumped the change number when the statement changed anything that matters.
+CREATE FUNCTION qguard.record_rule_changes() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_actor text := qguard.current_actor();
-  v_summary boolean := coalesce(current_setting('qguard.audit', true), '') = 'summary';
-  v_op text := CASE WHEN current_setting('qguard.op', true) = 'expire' THEN 'expire' ELSE 'delete' END;
-  v_n bigint;
-  v_seq bigint;
   v_ids bigint[];
+  v_seq bigint;
 BEGIN
-  IF v_summary THEN
-    IF TG_OP = 'INSERT' THEN
-      INSERT INTO qguard.audit (actor, op, object, action, source, host, who, reason, expires_at, networks)
-        SELECT v_actor, 'insert', 'rule', n.action, n.source, n.host, n.who, n.reason, n.expires_at, array_agg(n.network ORDER BY n.network)
-        FROM new_rows n GROUP BY n.action, n.source, n.host, n.who, n.reason, n.expires_at;
-    ELSIF TG_OP = 'UPDATE' THEN
-      INSERT INTO qguard.audit (actor, op, object, action, source, host, who, reason, expires_at, networks)
-        SELECT v_actor, 'update', 'rule', n.action, n.source, n.host, n.who, n.reason, n.expires_at, array_agg(n.network ORDER BY n.network)
-        FROM new_rows n JOIN old_rows o ON o.id = n.id
-        WHERE (n.network, n.action, n.source, n.host, n.who, n.reason, n.expires_at)
-              IS DISTINCT FROM (o.network, o.action, o.source, o.host, o.who, o.reason, o.expires_at)
-        GROUP BY n.action, n.source, n.host, n.who, n.reason, n.expires_at;
-    ELSE
-      INSERT INTO qguard.audit (actor, op, object, action, source, host, who, reason, networks)
-        SELECT v_actor, v_op, 'rule', o.action, o.source, o.host, o.who, o.reason, array_agg(o.network ORDER BY o.network)
-        FROM old_rows o GROUP BY o.action, o.source, o.host, o.who, o.reason;
-    END IF;
-  ELSIF TG_OP = 'INSERT' THEN
-    INSERT INTO qguard.audit (actor, op, object, object_id, network, action, source, host, who, reason, expires_at)
-      SELECT v_actor, 'insert', 'rule', n.id, n.network, n.action, n.source, n.host, n.who, n.reason, n.expires_at
-      FROM new_rows n;
-  ELSIF TG_OP = 'UPDATE' THEN
-    INSERT INTO qguard.audit (actor, op, object, object_id, network, action, source, host, who, reason, expires_at, old)
-      SELECT v_actor, 'update', 'rule', n.id, n.network, n.action, n.source, n.host, n.who, n.reason, n.expires_at,
-             jsonb_build_object('action', o.action, 'who', o.who, 'reason', o.reason, 'expires_at', o.expires_at)
-      FROM new_rows n JOIN old_rows o ON o.id = n.id
-      WHERE (n.network, n.action, n.source, n.host, n.who, n.reason, n.expires_at)
-            IS DISTINCT FROM (o.network, o.action, o.source, o.host, o.who, o.reason, o.expires_at);
+  -- Which rules this statement touched (at most 10,001 looked at: a larger change is NULL).
+  IF TG_OP = 'DELETE' THEN
+    SELECT array_agg(o.id) INTO v_ids FROM (SELECT id FROM old_rows LIMIT 10001) o;
   ELSE
-    INSERT INTO qguard.audit (actor, op, object, object_id, network, action, source, host, who, reason, expires_at)
-      SELECT v_actor, v_op, 'rule', o.id, o.network, o.action, o.source, o.host, o.who, o.reason, o.expires_at
-      FROM old_rows o;
+    SELECT array_agg(n.id) INTO v_ids FROM (SELECT id FROM new_rows LIMIT 10001) n;
   END IF;
-  GET DIAGNOSTICS v_n = ROW_COUNT;
-  IF v_n > 0 THEN
-    v_seq := qguard.bump_change();
-    -- Which rules this statement touched (at most 10,001 looked at: a larger change is NULL).
-    IF TG_OP = 'DELETE' THEN
-      SELECT array_agg(o.id) INTO v_ids FROM (SELECT id FROM old_rows LIMIT 10001) o;
-    ELSE
-      SELECT array_agg(n.id) INTO v_ids FROM (SELECT id FROM new_rows LIMIT 10001) n;
-    END IF;
-    IF cardinality(v_ids) > 10000 THEN
-      v_ids := NULL;
-    END IF;
-    INSERT INTO qguard.rule_changes (seq, ids) VALUES (v_seq, v_ids);
-    -- Now and then, forget the changes of more than a day ago (no reader is that far behind
-    -- without reading everything again anyway).
-    IF v_seq % 64 = 0 THEN
-      WITH gone AS (DELETE FROM qguard.rule_changes WHERE at < now() - interval '1 day' RETURNING seq)
-      UPDATE qguard.state SET changes_after = greatest(changes_after, (SELECT max(seq) FROM gone))
-       WHERE EXISTS (SELECT 1 FROM gone);
-    END IF;
+  IF v_ids IS NULL THEN
+    RETURN NULL; -- no row
+  END IF;
+  IF cardinality(v_ids) > 10000 THEN
+    v_ids := NULL;
+  END IF;
+  -- The number the audit trigger just gave; a statement that changed nothing that matters got
+  -- none and adds its ids to the last one (re-reading unchanged rules is harmless).
+  SELECT change_seq INTO v_seq FROM qguard.state;
+  INSERT INTO qguard.rule_changes AS c (seq, ids) VALUES (v_seq, v_ids)
+    ON CONFLICT (seq) DO UPDATE SET ids = CASE WHEN c.ids IS NULL OR EXCLUDED.ids IS NULL THEN NULL ELSE c.ids || EXCLUDED.ids END;
+  -- Now and then, forget the changes of more than a day ago (no reader is that far behind
+  -- without reading everything again anyway).
+  IF v_seq % 64 = 0 THEN
+    WITH gone AS (DELETE FROM qguard.rule_changes WHERE at < now() - interval '1 day' RETURNING seq)
+    UPDATE qguard.state SET changes_after = greatest(changes_after, (SELECT max(seq) FROM gone))
+     WHERE EXISTS (SELECT 1 FROM gone);
   END IF;
   RETURN NULL;
 END $$;
+
+CREATE TRIGGER rules_changes_insert AFTER INSERT ON qguard.rules
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION qguard.record_rule_changes();
+CREATE TRIGGER rules_changes_update AFTER UPDATE ON qguard.rules
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION qguard.record_rule_changes();
+CREATE TRIGGER rules_changes_delete AFTER DELETE ON qguard.rules
+  REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION qguard.record_rule_changes();
