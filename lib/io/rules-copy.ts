@@ -65,7 +65,8 @@ export function encodeCopy(c: RulesCopy): Buffer {
     v6: c.v6.map((r) => [r.id, formatNet(r.net), r.action, Number.isFinite(r.expires) ? r.expires : null]),
   };
   let head = Buffer.from(`${MAGIC}${JSON.stringify(header)}\n`);
-  // The arrays start at a multiple of 8, so they can be viewed where they lie.
+  // The arrays start at a multiple of 8, so a Float64Array could view them where they lie
+  // (decodeCopy copies them out instead, free of the file's buffer).
   head = Buffer.concat([head, Buffer.alloc((8 - (head.length % 8)) % 8, ' ')]);
   const n = c.v4Count * 8;
   const arrays = [c.v4Ids, c.v4Keys, c.v4Expires].map((a) => Buffer.from(a.buffer, a.byteOffset, n));
