@@ -9,7 +9,6 @@ import { formatNet } from '../net/address.js';
 import { listMessages } from '../db/messages.js';
 import { getRows } from '../db/quarantine.js';
 import { jobStates, ruleCounts } from '../db/jobs.js';
-import { NOT_LIST } from '../db/rules.js';
 import { copyOfMessage, copyOfQuarantined, fileRequest, listRequests, pendingRequestCounts } from '../db/web.js';
 import { readAppliedFirewall } from '../io/firewall/applied.js';
 import { cdbAnswer } from '../io/ucspi-tcp.js';
@@ -26,7 +25,7 @@ export async function overview(ctx: RunContext) {
   const report = await status(ctx, { all: true });
   const db = await ctx.db();
   const auto = await db.query<{ n: string }>(
-    `SELECT count(*) AS n FROM qguard.live_rules WHERE source = 'scan' AND ${NOT_LIST} AND created_at > now() - interval '24 hours'`,
+    `SELECT count(*) AS n FROM qguard.live_rules WHERE source = 'scan' AND created_at > now() - interval '24 hours'`,
   );
   return {
     status: report,

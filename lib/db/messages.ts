@@ -177,7 +177,9 @@ export async function overThreshold(db: Queryable, windowSeconds: number, thresh
 
 /**
  * Every live rule (of any host scope) that contains each address: one query for a batch of
- * addresses, so the decision can be made for each with decide().
+ * addresses, so the decision can be made for each with decide(). The networks that can contain
+ * them are joined as rows: probes of rules_unique for the rules, a hash join with the lists'
+ * entries (which have no btree, sql/018).
  */
 export async function rulesForIps(db: Queryable, ips: readonly string[]): Promise<Map<string, Rule[]>> {
   const out = new Map<string, Rule[]>();
@@ -188,7 +190,8 @@ export async function rulesForIps(db: Queryable, ips: readonly string[]): Promis
         .map((c) => `r.${c}`)
         .join(', ')}
          FROM unnest($1::text[]) AS c(ip)
-         JOIN qguard.live_rules r ON r.network = ANY(qguard.covering(c.ip::inet))
+        CROSS JOIN LATERAL unnest(qguard.covering(c.ip::inet)) AS k(network)
+         JOIN qguard.live_rules r ON r.network = k.network
         ORDER BY r.id`,
       [ips.slice(i, i + BATCH)],
     );

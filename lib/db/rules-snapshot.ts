@@ -88,30 +88,46 @@ function decodeV6(b: Buffer): CopyRule6[] {
   return out;
 }
 
-/** Every live rule of the host. */
+/** The live list entries (sql/018) as rules: id 0 (never patched: any change of them is a change of unknown rules). */
+const LIST_ENTRIES = `(SELECT 0::bigint AS id, network, 'deny'::text AS action, expires_at
+                         FROM qguard.list_entries WHERE expires_at IS NULL OR expires_at > now())`;
+
+/**
+ * Every live rule of the host: the rules (with their ids, to patch the copy) and the lists'
+ * entries (without: keys, and the expiry of those that have one).
+ */
 async function readAll(db: Db, tx: Queryable, host: string, st: State): Promise<RulesCopy> {
   // Aggregates over the same rows take them in the same order: no parallel workers.
   if (db.pgClient) await tx.exec('SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off');
-  const [kb, ib, eb, v6b] = await binaryRow(
+  const [kb, ib, eb, v6b, lkb, leb, lv6b] = await binaryRow(
     db,
     tx,
-    4,
+    7,
     (lit) =>
-      `SELECT string_agg(int8send(${SQL_SORT_KEY}), ''::bytea) FILTER (WHERE family(network) = 4) AS k,
-              string_agg(int8send(id), ''::bytea) FILTER (WHERE family(network) = 4) AS i,
-              string_agg(int8send(id) || int8send(${EXP_US}), ''::bytea)
-                FILTER (WHERE family(network) = 4 AND expires_at IS NOT NULL) AS e,
-              string_agg(${V6_RECORD}, ''::bytea) FILTER (WHERE family(network) = 6) AS v6
-         FROM qguard.live_rules WHERE ${FOR_HOST(lit(host))}`,
+      `SELECT r.k, r.i, r.e, r.v6, l.k AS lk, l.e AS le, l.v6 AS lv6
+         FROM (SELECT string_agg(int8send(${SQL_SORT_KEY}), ''::bytea) FILTER (WHERE family(network) = 4) AS k,
+                      string_agg(int8send(id), ''::bytea) FILTER (WHERE family(network) = 4) AS i,
+                      string_agg(int8send(id) || int8send(${EXP_US}), ''::bytea)
+                        FILTER (WHERE family(network) = 4 AND expires_at IS NOT NULL) AS e,
+                      string_agg(${V6_RECORD}, ''::bytea) FILTER (WHERE family(network) = 6) AS v6
+                 FROM qguard.rules
+                WHERE (expires_at IS NULL OR expires_at > now()) AND ${FOR_HOST(lit(host))}) AS r,
+              (SELECT string_agg(int8send(${SQL_SORT_KEY}), ''::bytea)
+                        FILTER (WHERE family(network) = 4 AND expires_at IS NULL) AS k,
+                      string_agg(int8send(${SQL_SORT_KEY}) || int8send(${EXP_US}), ''::bytea)
+                        FILTER (WHERE family(network) = 4 AND expires_at IS NOT NULL) AS e,
+                      string_agg(${V6_RECORD}, ''::bytea) FILTER (WHERE family(network) = 6) AS v6
+                 FROM ${LIST_ENTRIES} AS x) AS l`,
     'reading the rules',
   );
-  const n = kb.length >>> 3;
+  const nr = kb.length >>> 3;
+  const n = nr + (lkb.length >>> 3) + (leb.length >>> 4);
   const v4Keys = new Float64Array(n);
   const v4Ids = new Float64Array(n);
   const v4Expires = new Float64Array(n).fill(Infinity);
   const k = viewOf(kb);
   const id = viewOf(ib);
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < nr; i++) {
     v4Keys[i] = int8At(k, i * 8);
     v4Ids[i] = int8At(id, i * 8);
   }
@@ -119,7 +135,16 @@ async function readAll(db: Db, tx: Queryable, host: string, st: State): Promise<
     const e = viewOf(eb);
     const expiry = new Map<number, number>();
     for (let o = 0; o + 16 <= eb.length; o += 16) expiry.set(int8At(e, o), int8At(e, o + 8));
-    for (let i = 0; i < n; i++) v4Expires[i] = expiry.get(v4Ids[i]) ?? Infinity;
+    for (let i = 0; i < nr; i++) v4Expires[i] = expiry.get(v4Ids[i]) ?? Infinity;
+  }
+  // The entries' ids stay 0.
+  let i = nr;
+  const lk = viewOf(lkb);
+  for (let o = 0; o + 8 <= lkb.length; o += 8) v4Keys[i++] = int8At(lk, o);
+  const le = viewOf(leb);
+  for (let o = 0; o + 16 <= leb.length; o += 16, i++) {
+    v4Keys[i] = int8At(le, o);
+    v4Expires[i] = int8At(le, o + 8);
   }
   return {
     instance: st.instance,
@@ -130,7 +155,7 @@ async function readAll(db: Db, tx: Queryable, host: string, st: State): Promise<
     v4Keys,
     v4Expires,
     v4Count: n,
-    v6: decodeV6(v6b),
+    v6: decodeV6(v6b).concat(decodeV6(lv6b)),
   };
 }
 

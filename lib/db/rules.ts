@@ -66,12 +66,6 @@ export function ruleJson(r: Rule) {
 
 /** SQL condition: the rule applies on `host` (unscoped rules apply everywhere). */
 const FOR_HOST = '(host IS NULL OR host = $HOST)';
-/**
- * Repeated beside `source = $N` for a source that is not a public list, so the planner may use
- * the partial index rules_source (sql/014: list entries are not in it).
- */
-export const NOT_LIST = "source NOT LIKE 'list:%'";
-
 function forHost(sql: string, param: number): string {
   return sql.replace('$HOST', `$${param}`);
 }
@@ -79,12 +73,14 @@ function forHost(sql: string, param: number): string {
 /**
  * The live rules that contain `ip` on mail server `host` (the candidates for decide()),
  * ordered by id so ties resolve the same way every time: probes of the unique btree for each
- * network that can contain it (qguard.covering, sql/010_covering_btree.sql).
+ * network that can contain it (qguard.covering, sql/010_covering_btree.sql), and the list
+ * entries' BRIN index for `>>=` (sql/018).
  */
 export async function rulesContaining(db: Queryable, ip: Net, host: string): Promise<Rule[]> {
   const r = await db.query<RuleRow>(
     `SELECT ${RULE_COLUMNS} FROM qguard.live_rules
-      WHERE network = ANY(qguard.covering($1::inet)) AND ${forHost(FOR_HOST, 2)} ORDER BY id`,
+      WHERE network = ANY(qguard.covering($1::inet)) AND network >>= $1::inet AND ${forHost(FOR_HOST, 2)}
+      ORDER BY id`,
     [formatNet(ip), host],
   );
   return r.rows.map(toRule);
@@ -120,7 +116,6 @@ export async function listRules(db: Queryable, f: ListFilter = {}): Promise<Rule
   if (f.source) {
     params.push(f.source);
     where.push(`source = $${params.length}`);
-    if (!f.source.startsWith('list:')) where.push(NOT_LIST);
   }
   if (f.host) {
     params.push(f.host);
@@ -170,7 +165,10 @@ export async function upsertRule(db: Queryable, input: RuleInput): Promise<{ rul
   return { rule: toRule(row), created: Boolean(row.created) };
 }
 
-/** Delete the rules for exactly `net` (optionally of one source / one scope). Returns them. */
+/**
+ * Delete the rules for exactly `net` (optionally of one source / one scope), list entries
+ * included (audited here: sql/018). Returns them.
+ */
 export async function deleteRules(
   db: Queryable,
   f: { net: Net; source?: string; host?: string | null },
@@ -180,7 +178,6 @@ export async function deleteRules(
   if (f.source) {
     params.push(f.source);
     where += ` AND source = $${params.length}`;
-    if (!f.source.startsWith('list:')) where += ` AND ${NOT_LIST}`;
   }
   if (f.host !== undefined) {
     if (f.host === null) where += ' AND host IS NULL';
@@ -190,7 +187,24 @@ export async function deleteRules(
     }
   }
   const r = await db.query<RuleRow>(`DELETE FROM qguard.rules WHERE ${where} RETURNING ${RULE_COLUMNS}`, params);
-  return r.rows.map(toRule);
+  const out = r.rows.map(toRule);
+  // A list's entry: unscoped, so not when one host's rules are asked for.
+  if ((f.source === undefined || f.source.startsWith('list:')) && (f.host === undefined || f.host === null)) {
+    const e = await db.query<RuleRow>(
+      `WITH gone AS (
+         DELETE FROM qguard.list_entries e USING qguard.lists l
+          WHERE l.id = e.list_id AND e.network = $1::cidr ${f.source ? 'AND l.source = $2' : ''}
+         RETURNING l.source, l.reason, e.network, e.created_at, e.expires_at),
+       audited AS (
+         INSERT INTO qguard.audit (actor, op, object, network, action, source, reason, expires_at)
+           SELECT qguard.current_actor(), 'delete', 'rule', network, 'deny', source, reason, expires_at FROM gone)
+       SELECT 0 AS id, network::text AS cidr, 'deny' AS action, source, reason, NULL AS who, created_at, expires_at, NULL AS host
+         FROM gone`,
+      f.source ? [params[0], f.source] : [params[0]],
+    );
+    out.push(...e.rows.map(toRule));
+  }
+  return out;
 }
 
 /** Housekeeping: delete expired rules (audited as `expire`). Returns how many. */
@@ -207,7 +221,10 @@ export async function changeCounter(db: Queryable): Promise<number> {
 
 /** The next moment a live rule lapses, or null. */
 export async function nextExpiry(db: Queryable): Promise<Date | null> {
-  const r = await db.query<{ t: Date | null }>('SELECT min(expires_at) AS t FROM qguard.rules WHERE expires_at IS NOT NULL');
+  const r = await db.query<{ t: Date | null }>(
+    `SELECT least((SELECT min(expires_at) FROM qguard.rules WHERE expires_at IS NOT NULL),
+                  (SELECT min(next_expiry) FROM qguard.lists)) AS t`,
+  );
   return r.rows[0].t ? new Date(r.rows[0].t) : null;
 }
 

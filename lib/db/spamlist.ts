@@ -1,13 +1,12 @@
 // The database half of import-spamlist, in ONE transaction, so a refused or failed run changes
 // nothing and a reader never sees half a list: drop the list's networks equal to or inside a
-// live relay/trust network, read the rules the source holds now (one statement returning
-// binary values, not a row per rule; on a server usually read while the list was still being
-// parsed), let lib/spamlist/list-diff.ts decide what changes, let the caller refuse, then write
-// only the changes — new networks with binary COPY straight into qguard.rules (embedded PGlite:
-// batched arrays), rewrites and deletions by id in set-wise statements. No per-entry
-// statements; an unchanged list writes nothing. Every write goes through qguard.rules, so its
-// statement triggers audit the changes (summary rows listing the networks: sql/011) and bump
-// the change counter.
+// live relay/trust network, read what the source holds now — the list's entries (a lean table
+// of their own, sql/018) and any rules written by hand under its name — in one statement
+// returning binary values, not a row per rule (on a server usually read while the list was
+// still being parsed), let lib/spamlist/list-diff.ts decide what changes, let the caller
+// refuse, then write only the changes: new entries with one binary COPY (embedded PGlite:
+// batched arrays), rewrites and deletions by network in set-wise statements, and the audit's
+// summary rows (the networks packed). No per-entry statements; an unchanged list writes nothing.
 //
 // Size: one set-based merge of a list into the rules, with its staging, audit and guards, in the database's terms.
 
@@ -74,8 +73,10 @@ export interface SpamlistMerge {
   early?: Promise<SourceRead | null> | null;
 }
 
-/** Rows per write statement: each statement's audit trigger holds its rows in memory (work_mem). */
+/** Rows per write statement of qguard.rules: each statement's audit trigger holds its rows in memory (work_mem). */
 const WRITE_BATCH = 100_000;
+/** Networks per statement of list entries by network (an array parameter each). */
+const ENTRY_BATCH = 100_000;
 /** Networks per INSERT on the embedded database (no COPY there). */
 const EMBEDDED_BATCH = 5000;
 /** Seconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01. */
@@ -89,81 +90,141 @@ const expirySql = (n: number) =>
 
 /**
  * Why an expiry is not rewritten on every run (the `unchanged` test is in list-diff.ts):
- * without --for a rule has no expiry; with --for DUR an expiry between now + DUR/2 and now +
- * DUR is left as it is. Renewing it on every run would cost, for each of a million entries, a
- * row version in every index of qguard.rules and an audit row (40-80 s), only to move the date
- * by the time since the last run. Left alone, a listed entry still stays at least DUR/2 ahead
- * of its expiry, each entry is rewritten at most once per DUR/2, and an entry the list stops
- * naming lapses between DUR/2 and DUR after its last listing. A missing expiry, or one beyond
- * now + DUR (--for was shortened), is rewritten at once.
+ * without --for an entry has no expiry; with --for DUR an expiry between now + DUR/2 and now +
+ * DUR is left as it is. Renewing it on every run would write each of a million entries (and
+ * audit it) on every run, only to move the date by the time since the last run. Left alone, a
+ * listed entry still stays at least DUR/2 ahead of its expiry, each entry is rewritten at most
+ * once per DUR/2, and an entry the list stops naming lapses between DUR/2 and DUR after its
+ * last listing. A missing expiry, or one beyond now + DUR (--for was shortened), is rewritten.
  */
 const SAME_SQL = (reason: string) =>
   `(CASE WHEN r.host IS NULL THEN ${UNSCOPED} ELSE 0 END
     + CASE WHEN r.action = 'deny' AND r.reason IS NOT DISTINCT FROM ${reason} AND r.who IS NULL THEN ${SAME} ELSE 0 END)`;
 /** The expiry as 8 bytes (microseconds since 2000-01-01); none as infinity, the largest int8. */
-const EXPIRY_SQL = `timestamptz_send(coalesce(r.expires_at, 'infinity'))`;
+const EXPIRY_SQL = (t: string) => `timestamptz_send(coalesce(${t}.expires_at, 'infinity'))`;
+/** An IPv4 network as a number: address * 64 + prefix. */
+const KEY_SQL = (t: string) => `((${t}.network - '0.0.0.0'::inet) * 64 + masklen(${t}.network))`;
 
 /**
- * The source's rules in ONE statement (so in one snapshot, with the change counter it saw), as
- * binary values of fixed-size records instead of a row per rule. IPv4 rules without expiry:
- * two values of 8-byte numbers, (address * 64 + prefix) * 4 + flags, and the id (aggregates
- * over the same rows take them in the same order); with an expiry: records of those two and
- * the expiry; IPv6: records of the cidr, flags, id and expiry. A million rules: two 7 MB values.
- * Nothing depends on the time, so a read taken before the transaction stays good while the
- * change counter has not moved.
+ * What the source holds, in ONE statement (so in one snapshot, with the change counter it saw),
+ * as binary values of fixed-size records instead of a row per rule:
+ * - the list's entries (qguard.list_entries, sql/018): IPv4 without expiry as 8-byte keys, with
+ *   an expiry as key and expiry, IPv6 as cidr and expiry; and the list's id and whether its
+ *   reason is this run's;
+ * - the rules written by hand under the list's name (qguard.rules, `qguard ip deny --source
+ *   list:NAME`): IPv4 without expiry as two values of 8-byte numbers, key * 4 + flags and the
+ *   id (aggregates over the same rows take them in the same order); with an expiry: records of
+ *   those two and the expiry; IPv6: records of the cidr, flags, id and expiry.
+ * A million entries: one 7 MB value. Nothing depends on the time, so a read taken before the
+ * transaction stays good while the change counter has not moved.
  */
 const readSql = (source: string, reason: string) => {
-  const key4 = `int8send(((r.network - '0.0.0.0'::inet) * 64 + masklen(r.network)) * 4 + ${SAME_SQL(reason)})`;
-  const v4 = `family(r.network) = 4`;
-  return `SELECT string_agg(${key4}, ''::bytea) FILTER (WHERE r.expires_at IS NULL AND ${v4}) AS k,
-          string_agg(int8send(r.id), ''::bytea) FILTER (WHERE r.expires_at IS NULL AND ${v4}) AS i,
-          string_agg(${key4} || int8send(r.id) || timestamptz_send(r.expires_at), ''::bytea)
-            FILTER (WHERE r.expires_at IS NOT NULL AND ${v4}) AS ke,
-          string_agg(cidr_send(r.network) || int8send(${SAME_SQL(reason)}) || int8send(r.id) || ${EXPIRY_SQL}, ''::bytea)
-            FILTER (WHERE family(r.network) = 6) AS v6,
+  const key4 = `int8send(${KEY_SQL('r')} * 4 + ${SAME_SQL(reason)})`;
+  const v4 = (t: string) => `family(${t}.network) = 4`;
+  return `SELECT e.ek, e.eke, e.ev6, r.k, r.i, r.ke, r.v6,
+          int8send(coalesce(l.id, 0)) || int8send(CASE WHEN l.reason IS NOT DISTINCT FROM ${reason} THEN 1 ELSE 0 END) AS list,
           int8send((SELECT change_seq FROM qguard.state)) AS seq
-     FROM qguard.rules r WHERE r.source = ${source}`;
+     FROM (SELECT string_agg(int8send(${KEY_SQL('e')}), ''::bytea) FILTER (WHERE e.expires_at IS NULL AND ${v4('e')}) AS ek,
+                  string_agg(int8send(${KEY_SQL('e')}) || timestamptz_send(e.expires_at), ''::bytea)
+                    FILTER (WHERE e.expires_at IS NOT NULL AND ${v4('e')}) AS eke,
+                  string_agg(cidr_send(e.network) || ${EXPIRY_SQL('e')}, ''::bytea) FILTER (WHERE family(e.network) = 6) AS ev6
+             FROM qguard.list_entries e
+            WHERE e.list_id = (SELECT id FROM qguard.lists WHERE source = ${source})) AS e,
+          (SELECT string_agg(${key4}, ''::bytea) FILTER (WHERE r.expires_at IS NULL AND ${v4('r')}) AS k,
+                  string_agg(int8send(r.id), ''::bytea) FILTER (WHERE r.expires_at IS NULL AND ${v4('r')}) AS i,
+                  string_agg(${key4} || int8send(r.id) || timestamptz_send(r.expires_at), ''::bytea)
+                    FILTER (WHERE r.expires_at IS NOT NULL AND ${v4('r')}) AS ke,
+                  string_agg(cidr_send(r.network) || int8send(${SAME_SQL(reason)}) || int8send(r.id) || ${EXPIRY_SQL('r')}, ''::bytea)
+                    FILTER (WHERE family(r.network) = 6) AS v6
+             FROM qguard.rules r WHERE r.source = ${source}) AS r
+     LEFT JOIN qguard.lists l ON l.source = ${source}`;
 };
+
+/** The list's own entries as read (the first `n4` IPv4 rules of `stored`, and `v6`). */
+export interface ListEntries {
+  /** qguard.lists.id; 0: the list has no row yet. */
+  id: number;
+  /** Its reason is this run's. */
+  reasonSame: boolean;
+  /** Its IPv4 entries are stored rules 0 .. n4-1. */
+  n4: number;
+  /** Its IPv6 entries, in the order of the stored IPv6 rules they lead. */
+  v6: Net[];
+  /** The earliest expiry of its entries (µs since 2000-01-01), Infinity: none. */
+  minExpiry: number;
+}
 
 /** A read of the source's rules, and the change counter of its snapshot. */
 export interface SourceRead {
   stored: StoredRules;
+  list: ListEntries;
   seq: number;
 }
 
-function decodeRead(kb: Buffer, ib: Buffer, keb: Buffer, v6b: Buffer, seq: number): SourceRead {
+/**
+ * Stored rules are referred to by id in the diff: a rule of qguard.rules by its id (positive),
+ * a list entry by its place (negative: -1 - place; places count the IPv4 entries first).
+ */
+const entryRef = (place: number) => -1 - place;
+
+/** cidr_send of an IPv6 network at `o`: family, bits, is_cidr, 16, the address. */
+function cidr6At(b: Buffer, o: number): Net {
+  const addr = (b.readBigUInt64BE(o + 4) << 64n) | b.readBigUInt64BE(o + 12);
+  return { family: 6, addr, prefix: b[o + 1] };
+}
+
+function decodeRead(f: Buffer[], seq: number): SourceRead {
+  const [ekb, ekeb, ev6b, kb, ib, keb, v6b, listb] = f;
+  const lv = viewOf(listb);
+  const list: ListEntries = { id: int8At(lv, 0), reasonSame: int8At(lv, 8) === 1, n4: 0, v6: [], minExpiry: Infinity };
+  const entryFlags = UNSCOPED | (list.reasonSame ? SAME : 0);
+  const e0 = ekb.length / 8;
+  const ne = e0 + ekeb.length / 16;
   const n0 = kb.length / 8;
-  const n4 = n0 + keb.length / 24;
+  const n4 = ne + n0 + keb.length / 24;
+  list.n4 = ne;
   const v4Keys = new Float64Array(n4);
   const v4Flags = new Uint8Array(n4);
   const v4Expires = new Float64Array(n4).fill(Infinity);
-  const k = viewOf(kb);
-  for (let j = 0, o = 0; j < n0; j++, o += 8) {
-    const kf = k.getUint32(o) * 4294967296 + k.getUint32(o + 4);
-    const key = Math.floor(kf / 4);
-    v4Keys[j] = key;
-    v4Flags[j] = kf - key * 4;
+  const ek = viewOf(ekb);
+  for (let j = 0, o = 0; j < e0; j++, o += 8) v4Keys[j] = int8At(ek, o);
+  const eke = viewOf(ekeb);
+  for (let j = e0, o = 0; j < ne; j++, o += 16) {
+    v4Keys[j] = int8At(eke, o);
+    v4Expires[j] = int8At(eke, o + 8);
+    if (v4Expires[j] < list.minExpiry) list.minExpiry = v4Expires[j];
   }
-  const ke = viewOf(keb);
-  for (let j = n0, o = 0; j < n4; j++, o += 24) {
-    const kf = ke.getUint32(o) * 4294967296 + ke.getUint32(o + 4);
+  v4Flags.fill(entryFlags, 0, ne);
+  const split = (kf: number, j: number) => {
     const key = Math.floor(kf / 4);
     v4Keys[j] = key;
     v4Flags[j] = kf - key * 4;
+  };
+  const k = viewOf(kb);
+  for (let j = ne, o = 0; j < ne + n0; j++, o += 8) split(k.getUint32(o) * 4294967296 + k.getUint32(o + 4), j);
+  const ke = viewOf(keb);
+  for (let j = ne + n0, o = 0; j < n4; j++, o += 24) {
+    split(ke.getUint32(o) * 4294967296 + ke.getUint32(o + 4), j);
     v4Expires[j] = int8At(ke, o + 16);
   }
   // Ids are needed only for the rules that change: read on demand.
   const id = viewOf(ib);
-  const v4Id = (j: number) => (j < n0 ? int8At(id, j * 8) : int8At(ke, (j - n0) * 24 + 8));
+  const v4Id = (j: number) =>
+    j < ne ? entryRef(j) : j < ne + n0 ? int8At(id, (j - ne) * 8) : int8At(ke, (j - ne - n0) * 24 + 8);
   const v6: StoredRules['v6'] = [];
+  const ev6 = viewOf(ev6b);
+  for (let o = 0; o + 28 <= ev6b.length; o += 28) {
+    const net = cidr6At(ev6b, o);
+    const expires = int8At(ev6, o + 20);
+    if (expires < list.minExpiry) list.minExpiry = expires;
+    v6.push({ net, flags: entryFlags, id: entryRef(ne + list.v6.length), expires });
+    list.v6.push(net);
+  }
   const v = viewOf(v6b);
   for (let o = 0; o + 44 <= v6b.length; o += 44) {
-    // cidr_send: family, bits, is_cidr, 16 (the address length), the address.
-    const addr = (v6b.readBigUInt64BE(o + 4) << 64n) | v6b.readBigUInt64BE(o + 12);
-    const net: Net = { family: 6, addr, prefix: v6b[o + 1] };
-    v6.push({ net, flags: v.getUint32(o + 24), id: int8At(v, o + 28), expires: int8At(v, o + 36) });
+    v6.push({ net: cidr6At(v6b, o), flags: v.getUint32(o + 24), id: int8At(v, o + 28), expires: int8At(v, o + 36) });
   }
-  return { stored: { v4Keys, v4Flags, v4Expires, v4Id, n4, v6 }, seq };
+  return { stored: { v4Keys, v4Flags, v4Expires, v4Id, n4, v6 }, list, seq };
 }
 
 /**
@@ -176,15 +237,9 @@ async function readSource(db: Db, tx: Queryable, opts: Pick<SpamlistMerge, 'sour
     // diff rarely sorts. Parallel workers gain nothing here (the aggregate is the work).
     await tx.exec('SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off');
   }
-  const [k, id, ke, v6, seq] = await binaryRow(
-    db,
-    tx,
-    5,
-    (lit) => readSql(lit(opts.source), lit(opts.reason)),
-    'reading the rules of the source',
-  );
-  // The ids stay (read on demand): a copy of their own, so the rest of the data can go.
-  return decodeRead(k, Buffer.from(id), ke, v6, int8At(viewOf(seq), 0));
+  const f = await binaryRow(db, tx, 9, (lit) => readSql(lit(opts.source), lit(opts.reason)), 'reading the rules of the source');
+  // The ids stay (read on demand): copies of their own, so the rest of the data can go.
+  return decodeRead([...f.slice(0, 4), Buffer.from(f[4]), Buffer.from(f[5]), ...f.slice(6, 8)], int8At(viewOf(f[8]), 0));
 }
 
 /**
@@ -203,9 +258,9 @@ function idArray(ids: number[], from: number, to: number): string {
 }
 
 /*
- * Rewrites and deletions go by id, through the primary key. Not by network: for `network =
- * ANY(...)` the planner once picked the GiST index on network (gone since sql/010) over the
- * unique btree, and probing it 10,000 times took 18-24 s where the primary key takes 0.1 s.
+ * Rewrites and deletions of rules go by id, through the primary key. Not by network: for
+ * `network = ANY(...)` the planner once picked the GiST index on network (gone since sql/010)
+ * over the unique btree, and probing it 10,000 times took 18-24 s where the primary key takes 0.1 s.
  */
 
 /** Delete rules by id. */
@@ -238,35 +293,35 @@ const v4Text = (key: number) => {
   return `${Math.floor(a / 16777216)}.${Math.floor(a / 65536) % 256}.${Math.floor(a / 256) % 256}.${a % 256}/${prefix}`;
 };
 
+
+/** IPv4 keys packed for qguard.audit.entries: 8 bytes each, big-endian. */
+function packKeys(keys: readonly number[]): Buffer {
+  const b = Buffer.allocUnsafe(keys.length * 8);
+  keys.forEach((k, i) => {
+    b.writeUInt32BE(Math.floor(k / 4294967296), i * 8);
+    b.writeUInt32BE(k % 4294967296, i * 8 + 4);
+  });
+  return b;
+}
+
 /**
- * New rules as PostgreSQL's binary COPY format, in chunks of about 64 kB: per row the network
- * (cidr: family, bits, is_cidr, length, address bytes) followed by the same bytes for action,
- * source, reason and expiry. The server reads binary values without parsing text.
+ * Rows of PostgreSQL's binary COPY format, in chunks of about 64 kB: per row the list's id
+ * (int4), the network (cidr: family, bits, is_cidr, length, address bytes) and the expiry — or,
+ * with `listId` null, the network alone. The server reads binary values without parsing text.
  */
-function* copyRows(keys: number[], v6: Net[], opts: SpamlistMerge, expiresAt: number | null): Generator<Buffer> {
-  const field = (v: Buffer) => {
-    const b = Buffer.alloc(4 + v.length);
-    b.writeInt32BE(v.length);
-    v.copy(b, 4);
-    return b;
-  };
+function* copyRows(listId: number | null, keys: readonly number[], v6: readonly Net[], expiresAt: number | null): Generator<Buffer> {
   let expiry: Buffer;
-  if (expiresAt === null) {
+  if (listId === null) expiry = Buffer.alloc(0);
+  else if (expiresAt === null) {
     expiry = Buffer.alloc(4);
     expiry.writeInt32BE(-1); // NULL
   } else {
-    const e = Buffer.alloc(8);
-    e.writeBigInt64BE(BigInt(expiresAt)); // timestamptz: microseconds since 2000-01-01
-    expiry = field(e);
+    expiry = Buffer.alloc(12);
+    expiry.writeInt32BE(8);
+    expiry.writeBigInt64BE(BigInt(expiresAt), 4); // timestamptz: microseconds since 2000-01-01
   }
-  const tail = Buffer.concat([
-    field(Buffer.from('deny')),
-    field(Buffer.from(opts.source)),
-    field(Buffer.from(opts.reason)),
-    expiry,
-  ]);
   const size = 1 << 16;
-  const rowMax = 2 + 4 + 20 + tail.length;
+  const rowMax = 2 + 8 + 24 + expiry.length;
   let buf = Buffer.allocUnsafe(size);
   // Signature, flags, header extension length.
   let pos = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1').copy(buf, 0);
@@ -279,97 +334,207 @@ function* copyRows(keys: number[], v6: Net[], opts: SpamlistMerge, expiresAt: nu
     pos = 0;
     return out;
   };
+  const head = () => {
+    if (listId === null) {
+      buf.writeInt16BE(1, pos);
+      pos += 2;
+      return;
+    }
+    buf.writeInt16BE(3, pos);
+    buf.writeInt32BE(4, pos + 2);
+    buf.writeInt32BE(listId, pos + 6);
+    pos += 10;
+  };
   for (const key of keys) {
     const full = room();
     if (full) yield full;
+    head();
     const a = Math.floor(key / 64);
-    const prefix = key - a * 64;
-    buf.writeInt16BE(5, pos);
-    buf.writeInt32BE(8, pos + 2);
-    buf[pos + 6] = 2; // PGSQL_AF_INET
-    buf[pos + 7] = prefix;
-    buf[pos + 8] = 1; // is_cidr
-    buf[pos + 9] = 4;
-    buf.writeUInt32BE(a, pos + 10);
-    pos += 14;
-    pos += tail.copy(buf, pos);
+    buf.writeInt32BE(8, pos);
+    buf[pos + 4] = 2; // PGSQL_AF_INET
+    buf[pos + 5] = key - a * 64;
+    buf[pos + 6] = 1; // is_cidr
+    buf[pos + 7] = 4;
+    buf.writeUInt32BE(a, pos + 8);
+    pos += 12;
+    pos += expiry.copy(buf, pos);
   }
   for (const net of v6) {
     const full = room();
     if (full) yield full;
-    buf.writeInt16BE(5, pos);
-    buf.writeInt32BE(20, pos + 2);
-    buf[pos + 6] = 3; // PGSQL_AF_INET6
-    buf[pos + 7] = net.prefix;
-    buf[pos + 8] = 1;
-    buf[pos + 9] = 16;
-    buf.writeBigUInt64BE(net.addr >> 64n, pos + 10);
-    buf.writeBigUInt64BE(net.addr & 0xffffffffffffffffn, pos + 18);
-    pos += 26;
-    pos += tail.copy(buf, pos);
+    head();
+    buf.writeInt32BE(20, pos);
+    buf[pos + 4] = 3; // PGSQL_AF_INET6
+    buf[pos + 5] = net.prefix;
+    buf[pos + 6] = 1;
+    buf[pos + 7] = 16;
+    buf.writeBigUInt64BE(net.addr >> 64n, pos + 8);
+    buf.writeBigUInt64BE(net.addr & 0xffffffffffffffffn, pos + 16);
+    pos += 24;
+    pos += expiry.copy(buf, pos);
   }
   buf.writeInt16BE(-1, pos); // trailer
   yield buf.subarray(0, pos + 2);
 }
 
-/** Insert new rules: COPY straight into qguard.rules (server), batched unnest (embedded). */
-async function insertRules(db: Db, tx: Queryable, keys: number[], v6: Net[], opts: SpamlistMerge, run: DiffOptions): Promise<void> {
+/** Insert new entries: one COPY (server), batched unnest (embedded). */
+async function insertEntries(db: Db, tx: Queryable, listId: number, keys: number[], v6: Net[], opts: SpamlistMerge, run: DiffOptions): Promise<void> {
   if (db.pgClient) {
     const { from: copyFrom } = await import('pg-copy-streams');
     // now() + ttl, as the SQL statements write it.
     const expiresAt = run.ttl === null ? null : run.now + run.ttl;
-    // One COPY per batch; the IPv6 networks ride with the last.
-    for (let i = 0; i === 0 || i < keys.length; i += WRITE_BATCH) {
-      const last = i + WRITE_BATCH >= keys.length;
-      const sink = db.pgClient.query(
-        copyFrom('COPY qguard.rules (network, action, source, reason, expires_at) FROM STDIN (FORMAT binary)'),
-      );
-      await pipeline(Readable.from(copyRows(keys.slice(i, i + WRITE_BATCH), last ? v6 : [], opts, expiresAt)), sink);
+    const sink = db.pgClient.query(copyFrom('COPY qguard.list_entries (list_id, network, expires_at) FROM STDIN (FORMAT binary)'));
+    try {
+      await pipeline(Readable.from(copyRows(listId, keys, v6, expiresAt)), sink);
+    } catch (err) {
+      throw dbError(err, 'storing the new entries failed');
     }
     return;
   }
-  const texts = [...keys.map(v4Text), ...v6.map(formatNet)];
-  for (let i = 0; i < texts.length; i += EMBEDDED_BATCH) {
+  for (let i = 0; i < keys.length + v6.length; i += EMBEDDED_BATCH) {
     await tx.query(
-      `INSERT INTO qguard.rules (network, action, source, reason, expires_at)
-       SELECT n::cidr, 'deny', $2, $3, ${expirySql(4)} FROM unnest($1::text[]) AS u(n)`,
-      [texts.slice(i, i + EMBEDDED_BATCH), opts.source, opts.reason, opts.ttlSeconds],
+      `INSERT INTO qguard.list_entries (list_id, network, expires_at)
+       SELECT $2, n::cidr, ${expirySql(3)} FROM unnest($1::text[]) AS u(n)`,
+      [netSlice(keys, v6, i, i + EMBEDDED_BATCH), listId, opts.ttlSeconds],
     );
   }
 }
 
-/** Is `err` (possibly wrapped by dbError) a unique violation? */
-function isUniqueViolation(err: unknown): boolean {
-  for (let e = err as { code?: string; cause?: unknown } | undefined; e; e = e.cause as typeof e) {
-    if (e.code === '23505') return true;
+/** Networks (IPv4 keys, then IPv6) `from` .. `to` as the texts of an array parameter. */
+function netSlice(keys: readonly number[], v6: readonly Net[], from: number, to: number): string[] {
+  const out: string[] = [];
+  for (let n = from; n < to && n < keys.length + v6.length; n++) out.push(n < keys.length ? v4Text(keys[n]) : formatNet(v6[n - keys.length]));
+  return out;
+}
+
+/**
+ * Delete or rewrite (with this run's expiry) the list's entries of these networks; false when
+ * some had gone. A few go as array parameters (a hashed filter over one scan of the entries
+ * per 100,000); more go by one binary COPY into a temporary table and one join — a rewrite of
+ * a whole list (`--for` given to a list that had none) is one statement, not ten scans.
+ */
+async function changeEntries(db: Db, tx: Queryable, listId: number, keys: number[], v6: Net[], opts: SpamlistMerge, rewrite: boolean): Promise<boolean> {
+  const total = keys.length + v6.length;
+  // The statement, with the ttl as parameter `ttl` in a rewrite.
+  const change = (where: string, ttl: number) =>
+    rewrite
+      ? `UPDATE qguard.list_entries e SET expires_at = ${expirySql(ttl)} ${where}`
+      : `DELETE FROM qguard.list_entries e ${where.replace(/^FROM/, 'USING')}`;
+  if (db.pgClient && total > ENTRY_BATCH) {
+    const { from: copyFrom } = await import('pg-copy-streams');
+    await tx.exec('DROP TABLE IF EXISTS pg_temp.qguard_networks; CREATE TEMPORARY TABLE qguard_networks (network cidr) ON COMMIT DROP');
+    const sink = db.pgClient.query(copyFrom('COPY pg_temp.qguard_networks FROM STDIN (FORMAT binary)'));
+    await pipeline(Readable.from(copyRows(null, keys, v6, null)), sink);
+    const r = await tx.query(
+      change('FROM pg_temp.qguard_networks n WHERE e.list_id = $1 AND e.network = n.network', 2),
+      rewrite ? [listId, opts.ttlSeconds] : [listId],
+    );
+    return r.rowCount === total;
   }
-  return false;
+  let done = 0;
+  for (let i = 0; i < total; i += ENTRY_BATCH) {
+    const r = await tx.query(
+      change('WHERE e.list_id = $2 AND e.network = ANY($1::cidr[])', 3),
+      rewrite ? [netSlice(keys, v6, i, i + ENTRY_BATCH), listId, opts.ttlSeconds] : [netSlice(keys, v6, i, i + ENTRY_BATCH), listId],
+    );
+    done += r.rowCount;
+  }
+  return done === total;
+}
+
+/** The audit row of one kind of change of the list's entries (sql/018: IPv4 packed, IPv6 listed). */
+async function auditEntries(tx: Queryable, op: 'insert' | 'update' | 'delete', keys: number[], v6: Net[], opts: SpamlistMerge): Promise<void> {
+  if (keys.length + v6.length === 0) return;
+  await tx.query(
+    `INSERT INTO qguard.audit (actor, op, object, action, source, reason, expires_at, entries, networks)
+     VALUES (qguard.current_actor(), $1, 'rule', 'deny', $2, $3, CASE WHEN $1 = 'delete' THEN NULL ELSE ${expirySql(4)} END,
+             $5::bytea, $6::cidr[])`,
+    [op, opts.source, opts.reason, opts.ttlSeconds, keys.length ? packKeys(keys) : null, v6.length ? v6.map(formatNet) : null],
+  );
+}
+
+/** The writes of a plan, rules of qguard.rules and the list's entries apart. */
+interface Writes {
+  rules: { remove: number[]; rewrite: number[] };
+  entries: { remove: { v4: number[]; v6: Net[] }; rewrite: { v4: number[]; v6: Net[] } };
+}
+
+/**
+ * Split the plan's ids into rules and entries. An entry to rewrite whose expiry is already
+ * this run's (only the list's reason differed: that is one row of qguard.lists) is not written.
+ */
+function splitPlan(plan: ListDiff, read: SourceRead, run: DiffOptions): Writes {
+  const w: Writes = { rules: { remove: [], rewrite: [] }, entries: { remove: { v4: [], v6: [] }, rewrite: { v4: [], v6: [] } } };
+  const { stored, list } = read;
+  const lo = run.ttl === null ? Infinity : run.now + Math.floor(run.ttl / 2);
+  const hi = run.ttl === null ? Infinity : run.now + run.ttl;
+  const place = (id: number, to: { v4: number[]; v6: Net[] }, skipSame: boolean) => {
+    const p = -1 - id;
+    const expires = p < list.n4 ? stored.v4Expires[p] : stored.v6.find((r) => r.id === id)!.expires;
+    if (skipSame && expires > run.now && expires >= lo && expires <= hi) return;
+    if (p < list.n4) to.v4.push(stored.v4Keys[p]);
+    else to.v6.push(list.v6[p - list.n4]);
+  };
+  for (const id of plan.remove) {
+    if (id > 0) w.rules.remove.push(id);
+    else place(id, w.entries.remove, false);
+  }
+  for (const id of plan.rewrite) {
+    if (id > 0) w.rules.rewrite.push(id);
+    else place(id, w.entries.rewrite, true);
+  }
+  return w;
 }
 
 /**
  * Write `plan`. Returns false when another writer changed the source between our read and our
- * writes (a rule to rewrite was gone, or a network to insert had appeared: the inserts are then
- * undone to their savepoint); the caller reads again and writes what is left.
+ * writes (a rule or entry to rewrite or delete was gone: `qguard ip rm`, expire_rules); the
+ * caller reads again and writes what is left.
  */
-async function apply(db: Db, tx: Queryable, plan: ListDiff, opts: SpamlistMerge, run: DiffOptions): Promise<boolean> {
-  let ok = true;
-  if (plan.remove.length > 0) await removeRules(tx, plan.remove);
-  if (plan.rewrite.length > 0) ok = await rewriteRules(tx, plan.rewrite, opts);
-  if (plan.insert.v4.length + plan.insert.v6.length > 0) {
-    // Plain inserts, not INSERT ... ON CONFLICT (10% dearer a row): the diff was read under the
-    // source's advisory lock, so only a writer outside import-spamlist (`qguard ip deny
-    // --source list:NAME`) can have added one of these networks since.
-    await tx.exec('SAVEPOINT qguard_spamlist_insert');
-    try {
-      await insertRules(db, tx, plan.insert.v4, plan.insert.v6, opts, run);
-      await tx.exec('RELEASE SAVEPOINT qguard_spamlist_insert');
-    } catch (err) {
-      if (!isUniqueViolation(err)) throw dbError(err, 'storing the new entries failed');
-      await tx.exec('ROLLBACK TO SAVEPOINT qguard_spamlist_insert');
-      ok = false;
-    }
+async function apply(db: Db, tx: Queryable, plan: ListDiff, read: SourceRead, opts: SpamlistMerge, run: DiffOptions): Promise<boolean> {
+  const w = splitPlan(plan, read, run);
+  const inserts = plan.insert.v4.length + plan.insert.v6.length;
+  const entryWrites = inserts + w.entries.remove.v4.length + w.entries.remove.v6.length + w.entries.rewrite.v4.length + w.entries.rewrite.v6.length;
+  let listId = read.list.id;
+  if (listId === 0 && entryWrites > 0) {
+    const r = await tx.query<{ id: number }>('INSERT INTO qguard.lists (source, reason) VALUES ($1, $2) RETURNING id', [opts.source, opts.reason]);
+    listId = Number(r.rows[0].id);
+  } else if (listId !== 0 && !read.list.reasonSame) {
+    await tx.query('UPDATE qguard.lists SET reason = $2, updated_at = now() WHERE id = $1', [listId, opts.reason]);
   }
-  return ok;
+  if (w.rules.remove.length > 0) await removeRules(tx, w.rules.remove);
+  if (w.rules.rewrite.length > 0 && !(await rewriteRules(tx, w.rules.rewrite, opts))) return false;
+  const { remove, rewrite } = w.entries;
+  if (remove.v4.length + remove.v6.length > 0) {
+    if (!(await changeEntries(db, tx, listId, remove.v4, remove.v6, opts, false))) return false;
+    await auditEntries(tx, 'delete', remove.v4, remove.v6, opts);
+  }
+  if (rewrite.v4.length + rewrite.v6.length > 0) {
+    if (!(await changeEntries(db, tx, listId, rewrite.v4, rewrite.v6, opts, true))) return false;
+    await auditEntries(tx, 'update', rewrite.v4, rewrite.v6, opts);
+  }
+  if (inserts > 0) {
+    // Only import-spamlist writes a list's entries, under the list's advisory lock: the
+    // networks to insert are not stored (the diff was read under the lock).
+    opts.onPhase?.('writing the new entries');
+    await insertEntries(db, tx, listId, plan.insert.v4, plan.insert.v6, opts, run);
+    opts.onPhase?.('auditing the new entries');
+    await auditEntries(tx, 'insert', plan.insert.v4, plan.insert.v6, opts);
+    opts.onPhase?.('committing');
+  }
+  if (entryWrites > 0) {
+    // Where expire_rules looks: no earlier than the earliest expiry stored or written (an entry
+    // deleted just now may make it early; expire_rules then finds nothing and looks again).
+    const written = run.ttl !== null && inserts + rewrite.v4.length + rewrite.v6.length > 0 ? run.now + run.ttl : Infinity;
+    const next = Math.min(read.list.minExpiry, written);
+    await tx.query(
+      `UPDATE qguard.lists SET next_expiry = CASE WHEN $2::float8 IS NULL THEN NULL
+              ELSE timestamptz '2000-01-01 00:00:00+00' + make_interval(secs => $2::float8 / 1000000) - interval '1 millisecond' END
+        WHERE id = $1`,
+      [listId, next === Infinity ? null : next],
+    );
+  }
+  return true;
 }
 
 /**
@@ -438,19 +603,17 @@ export async function mergeSpamlist(
     if (opts.dryRun) return diff;
 
     opts.onPhase?.('writing');
-    const planned = changes.insert.v4.length + changes.insert.v6.length + changes.rewrite.length + changes.remove.length;
-    for (let attempt = 1; !(await apply(db, tx, changes, opts, run)); attempt++) {
+    let current = read;
+    for (let attempt = 1; ; attempt++) {
+      await tx.exec('SAVEPOINT qguard_spamlist_write');
+      if (await apply(db, tx, changes, current, opts, run)) break;
+      await tx.exec('ROLLBACK TO SAVEPOINT qguard_spamlist_write');
       if (attempt === ATTEMPTS) {
         throw new TemporaryError(`the rules of ${opts.source} kept changing during the import: nothing changed, run it again`);
       }
-      // Someone else wrote rules of this source meanwhile: what is left to do is the diff now.
-      changes = diffList(list.v4, list.v6, (await readSource(db, tx, opts)).stored, run);
-    }
-    if (planned >= WRITE_BATCH) {
-      // A large change leaves the planner's statistics behind (a first import into an empty
-      // table: "a few rows"), and the next run's read would pick an index scan over the whole
-      // source; autovacuum would catch up within minutes, this at once (a sample: ~0.2 s).
-      await tx.exec('ANALYZE qguard.rules');
+      // Someone else changed rules of this source meanwhile: what is left to do is the diff now.
+      current = await readSource(db, tx, opts);
+      changes = diffList(list.v4, list.v6, current.stored, run);
     }
     return diff;
   });

@@ -33,14 +33,17 @@ function bound(get: () => TestDb) {
     return JSON.parse(r.stdout) as RuleJson[];
   };
   const cidrs = async (source?: string) => (await rules(source)).map((r) => r.cidr);
-  /** Rules, audit rows and the change counter: what "nothing changed" is checked against. */
+  /** Rules, list entries, audit rows and the change counter: what "nothing changed" is checked against. */
   const footprint = async (): Promise<string> => {
     const db = await get().open();
     try {
       const r = await db.query(
         `SELECT (SELECT count(*) FROM qguard.rules) AS rules, (SELECT count(*) FROM qguard.audit) AS audit,
                 (SELECT change_seq FROM qguard.state) AS seq,
-                (SELECT string_agg(network::text || action || source || coalesce(expires_at::text, '-'), ',' ORDER BY id) FROM qguard.rules) AS body`,
+                (SELECT string_agg(network::text || action || source || coalesce(expires_at::text, '-'), ',' ORDER BY id) FROM qguard.rules) AS body,
+                (SELECT string_agg(list_id || network::text || coalesce(expires_at::text, '-'), ',' ORDER BY list_id, network, expires_at)
+                   FROM qguard.list_entries) AS entries,
+                (SELECT string_agg(source || coalesce(reason, '-') || coalesce(next_expiry::text, '-'), ',' ORDER BY id) FROM qguard.lists) AS lists`,
       );
       return JSON.stringify(r.rows[0]);
     } finally {
@@ -135,9 +138,10 @@ describe('import-spamlist (PostgreSQL server or the fallback)', () => {
     const db = await t.open();
     const auditRows = async (after: number) =>
       (
-        await db.query<{ op: string; actor: string; source: string; n: number; nets: string[] }>(
-          `SELECT op, actor, source, cardinality(networks) AS n, networks::text[] AS nets
-             FROM qguard.audit WHERE id > $1 AND object = 'rule' ORDER BY id`,
+        // The networks as README shows how to list them (packed or not: sql/018).
+        await db.query<{ op: string; actor: string; source: string; nets: string[] }>(
+          `SELECT op, actor, source, ARRAY(SELECT n::text FROM qguard.audit_networks(a) AS n) AS nets
+             FROM qguard.audit a WHERE id > $1 AND object = 'rule' ORDER BY id`,
           [after],
         )
       ).rows;
@@ -380,7 +384,10 @@ describe('import-spamlist (PostgreSQL server or the fallback)', () => {
     // Less than half left (a day and a minute have passed): renewed to the full 2 days.
     const db = await t.open();
     try {
-      await db.query(`UPDATE qguard.rules SET expires_at = now() + interval '1 day' - interval '1 minute' WHERE source = 'list:ttl'`);
+      await db.query(
+        `UPDATE qguard.list_entries SET expires_at = now() + interval '1 day' - interval '1 minute'
+          WHERE list_id = (SELECT id FROM qguard.lists WHERE source = 'list:ttl')`,
+      );
     } finally {
       await db.close();
     }
@@ -569,15 +576,15 @@ describe.skipIf(!(await serverAvailable()))('import-spamlist when the source cha
       expect(raced).toBe(1);
       expect(diff).toMatchObject({ added: 2, refreshed: 1 });
       const rows = await db.query<{ cidr: string; reason: string; who: string | null }>(
-        `SELECT network::text AS cidr, reason, who FROM qguard.rules WHERE source = 'list:race' ORDER BY network`,
+        `SELECT network::text AS cidr, reason, who FROM qguard.live_rules WHERE source = 'list:race' ORDER BY network`,
       );
       expect(rows.rows).toEqual(
         ['100.95.0.1/32', '100.95.0.2/32', '100.95.0.3/32'].map((cidr) => ({ cidr, reason: 'listed by race', who: null })),
       );
       // Theirs: the insert of .2, the delete of .3. Ours: insert .1 and .3, rewrite .2 — nothing twice.
-      // (The import's own changes are summary rows listing their networks: sql/011.)
+      // (The import's own changes are summary rows listing their networks: sql/011, sql/018.)
       const audit = await db.query<{ op: string; network: string; actor: string }>(
-        `SELECT op, n::text AS network FROM qguard.audit, unnest(coalesce(networks, ARRAY[network])) AS n WHERE id > $1 ORDER BY id`,
+        `SELECT op, n::text AS network FROM qguard.audit a, qguard.audit_networks(a) AS n WHERE id > $1 ORDER BY id`,
         [auditBefore],
       );
       expect(audit.rows.map((a) => `${a.op} ${a.network}`).sort()).toEqual(
