@@ -144,12 +144,13 @@ async function main() {
     fill = new pg.Client({ connectionString: direct.toString() });
     fill.on('error', () => undefined);
     await fill.connect();
-    await fill.query(`INSERT INTO qguard.rules (network, action, source)
-       SELECT DISTINCT ('0.0.0.0'::inet + ((i::bigint * 2654435761) % 4294967296))::cidr, 'deny', 'list:bench'
+    await fill.query(`INSERT INTO qguard.lists (source) VALUES ('list:bench');
+       INSERT INTO qguard.list_entries (list_id, network)
+       SELECT (SELECT id FROM qguard.lists WHERE source = 'list:bench'), n FROM (SELECT DISTINCT ('0.0.0.0'::inet + ((i::bigint * 2654435761) % 4294967296))::cidr AS n
          FROM generate_series(1, ${RULES}) i
-        WHERE NOT ('0.0.0.0'::inet + ((i::bigint * 2654435761) % 4294967296)) <<= ANY('{127.0.0.0/8,10.0.0.0/8,192.0.2.0/24}'::inet[])`);
-    await fill.query('ANALYZE qguard.rules');
-    const rules = Number((await fill.query('SELECT count(*) AS n FROM qguard.rules')).rows[0].n);
+        WHERE NOT ('0.0.0.0'::inet + ((i::bigint * 2654435761) % 4294967296)) <<= ANY('{127.0.0.0/8,10.0.0.0/8,192.0.2.0/24}'::inet[])) s ORDER BY n`);
+    await fill.query('ANALYZE qguard.rules, qguard.list_entries');
+    const rules = Number((await fill.query('SELECT count(*) AS n FROM qguard.live_rules')).rows[0].n);
 
     const queue = process.env.QUEUE ?? path.join(work, 'queue');
     if (!process.env.QUEUE) {

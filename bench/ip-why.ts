@@ -51,20 +51,24 @@ async function main() {
   const n6 = RULES - n32 - n24 - n16 - nRelay - nTrust;
   let t0 = process.hrtime.bigint();
   await db.exec(`
-    INSERT INTO qguard.rules (network, action, source)
-      SELECT ('0.0.0.0'::inet + (16777216::bigint + i::bigint * 2503))::cidr, 'deny', 'list:bench' FROM generate_series(1, ${n32}) i;
-    INSERT INTO qguard.rules (network, action, source)
-      SELECT set_masklen(('0.0.0.0'::inet + (16777216::bigint + i::bigint * 256 * 37)), 24)::cidr, 'deny', 'list:bench24' FROM generate_series(1, ${n24}) i;
-    INSERT INTO qguard.rules (network, action, source)
-      SELECT set_masklen(('0.0.0.0'::inet + (16777216::bigint + i::bigint * 65536 * 7)), 16)::cidr, 'deny', 'list:bench16' FROM generate_series(1, ${n16}) i;
+    INSERT INTO qguard.lists (source) VALUES ('list:bench');
+    INSERT INTO qguard.list_entries (list_id, network)
+      SELECT (SELECT id FROM qguard.lists WHERE source = 'list:bench'), n FROM (SELECT ('0.0.0.0'::inet + (16777216::bigint + i::bigint * 2503))::cidr AS n FROM generate_series(1, ${n32}) i) s ORDER BY n;
+    INSERT INTO qguard.lists (source) VALUES ('list:bench24');
+    INSERT INTO qguard.list_entries (list_id, network)
+      SELECT (SELECT id FROM qguard.lists WHERE source = 'list:bench24'), n FROM (SELECT set_masklen(('0.0.0.0'::inet + (16777216::bigint + i::bigint * 256 * 37)), 24)::cidr AS n FROM generate_series(1, ${n24}) i) s ORDER BY n;
+    INSERT INTO qguard.lists (source) VALUES ('list:bench16');
+    INSERT INTO qguard.list_entries (list_id, network)
+      SELECT (SELECT id FROM qguard.lists WHERE source = 'list:bench16'), n FROM (SELECT set_masklen(('0.0.0.0'::inet + (16777216::bigint + i::bigint * 65536 * 7)), 16)::cidr AS n FROM generate_series(1, ${n16}) i) s ORDER BY n;
     INSERT INTO qguard.rules (network, action, source, expires_at)
       SELECT ('0.0.0.0'::inet + (16777216::bigint + i::bigint * 9473 + 5))::cidr, 'relay', 'login', now() + interval '1 day' FROM generate_series(1, ${nRelay}) i;
     INSERT INTO qguard.rules (network, action, source)
       SELECT ('0.0.0.0'::inet + (16777216::bigint + i::bigint * 7919 + 3))::cidr, 'trust', 'manual' FROM generate_series(1, ${nTrust}) i;
-    INSERT INTO qguard.rules (network, action, source)
-      SELECT set_masklen(('2001:db8::'::inet + (i::bigint << 20)), 64)::cidr, 'deny', 'list:bench6' FROM generate_series(1, ${n6}) i;
-    ANALYZE qguard.rules;`);
-  const count = (await db.query<{ n: number }>('SELECT count(*) AS n FROM qguard.rules')).rows[0].n;
+    INSERT INTO qguard.lists (source) VALUES ('list:bench6');
+    INSERT INTO qguard.list_entries (list_id, network)
+      SELECT (SELECT id FROM qguard.lists WHERE source = 'list:bench6'), n FROM (SELECT set_masklen(('2001:db8::'::inet + (i::bigint << 20)), 64)::cidr AS n FROM generate_series(1, ${n6}) i) s ORDER BY n;
+    ANALYZE qguard.rules, qguard.list_entries;`);
+  const count = (await db.query<{ n: number }>('SELECT count(*) AS n FROM qguard.live_rules')).rows[0].n;
   console.log(`filled ${count} rules in ${(ms(t0) / 1000).toFixed(1)} s`);
 
   // Random addresses across the filled space: most match one to three rules, some none.

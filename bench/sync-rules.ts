@@ -85,7 +85,7 @@ async function setup(name: string, fill: string): Promise<Setup> {
   await migrate(db);
   const t0 = process.hrtime.bigint();
   await db.exec(fill);
-  const n = (await db.query<{ n: number }>('SELECT count(*) AS n FROM qguard.rules')).rows[0].n;
+  const n = (await db.query<{ n: number }>('SELECT count(*) AS n FROM qguard.live_rules')).rows[0].n;
   await db.close();
   console.log(`${name}: ${n} rules filled in ${(ms(t0) / 1000).toFixed(1)} s`);
   return { name, url, dir, env };
@@ -99,16 +99,17 @@ async function main() {
   // plus mixed CIDRs /8-/31 of every action, many of them nested in or over the /32s.
   const big = await setup(
     'qguard_bench_sync',
-    `INSERT INTO qguard.rules (network, action, source)
-       SELECT DISTINCT ('0.0.0.0'::inet + ((i::bigint * 2654435761) % 4294967296))::cidr, 'deny', 'list:bench'
-         FROM generate_series(1, ${RULES}) i;
+    `INSERT INTO qguard.lists (source) VALUES ('list:bench');
+       INSERT INTO qguard.list_entries (list_id, network)
+       SELECT (SELECT id FROM qguard.lists WHERE source = 'list:bench'), n FROM (SELECT DISTINCT ('0.0.0.0'::inet + ((i::bigint * 2654435761) % 4294967296))::cidr AS n
+         FROM generate_series(1, ${RULES}) i) s ORDER BY n;
      INSERT INTO qguard.rules (network, action, source)
        SELECT DISTINCT ON (n) n, a, 'list:mixed' FROM (
          SELECT set_masklen(('0.0.0.0'::inet + ((i::bigint * 2246822519) % 4294967296)), 8 + (i * 7) % 24)::cidr AS n,
                 (ARRAY['relay', 'trust', 'deny', 'deny'])[1 + i % 4] AS a
            FROM generate_series(1, ${MIXED}) i) q
        ORDER BY n;
-     ANALYZE qguard.rules;`,
+     ANALYZE qguard.rules, qguard.list_entries;`,
   );
   const small = await setup(
     'qguard_bench_sync10',

@@ -294,18 +294,22 @@ const v4Text = (key: number) => {
 };
 
 
-/** IPv4 keys packed for qguard.audit.entries: 8 bytes each, big-endian. */
+/** IPv4 keys packed for qguard.audit.entries: 5 bytes each, the address (big-endian) and the prefix. */
 function packKeys(keys: readonly number[]): Buffer {
-  const b = Buffer.allocUnsafe(keys.length * 8);
-  keys.forEach((k, i) => {
-    b.writeUInt32BE(Math.floor(k / 4294967296), i * 8);
-    b.writeUInt32BE(k % 4294967296, i * 8 + 4);
-  });
+  const b = Buffer.allocUnsafe(keys.length * 5);
+  for (let i = 0, o = 0; i < keys.length; i++, o += 5) {
+    const a = Math.floor(keys[i] / 64);
+    b[o] = a >>> 24;
+    b[o + 1] = (a >>> 16) & 255;
+    b[o + 2] = (a >>> 8) & 255;
+    b[o + 3] = a & 255;
+    b[o + 4] = keys[i] - a * 64;
+  }
   return b;
 }
 
 /**
- * Rows of PostgreSQL's binary COPY format, in chunks of about 64 kB: per row the list's id
+ * Rows of PostgreSQL's binary COPY format, in chunks of about 256 kB: per row the list's id
  * (int4), the network (cidr: family, bits, is_cidr, length, address bytes) and the expiry — or,
  * with `listId` null, the network alone. The server reads binary values without parsing text.
  */
@@ -320,7 +324,7 @@ function* copyRows(listId: number | null, keys: readonly number[], v6: readonly 
     expiry.writeInt32BE(8);
     expiry.writeBigInt64BE(BigInt(expiresAt), 4); // timestamptz: microseconds since 2000-01-01
   }
-  const size = 1 << 16;
+  const size = 1 << 18;
   const rowMax = 2 + 8 + 24 + expiry.length;
   let buf = Buffer.allocUnsafe(size);
   // Signature, flags, header extension length.
@@ -345,19 +349,30 @@ function* copyRows(listId: number | null, keys: readonly number[], v6: readonly 
     buf.writeInt32BE(listId, pos + 6);
     pos += 10;
   };
+  // An IPv4 row is the same bytes but for the prefix and the address: a template, then those.
+  const start = pos;
+  head();
+  pos = buf.writeInt32BE(8, pos);
+  const at = pos - start; // cidr_send: family, bits (the prefix), is_cidr, length, address
+  buf[pos] = 2; // PGSQL_AF_INET
+  buf[pos + 2] = 1;
+  buf[pos + 3] = 4;
+  pos += 8;
+  pos += expiry.copy(buf, pos);
+  const row = Buffer.from(buf.subarray(start, pos));
+  pos = start;
   for (const key of keys) {
     const full = room();
     if (full) yield full;
-    head();
+    row.copy(buf, pos);
     const a = Math.floor(key / 64);
-    buf.writeInt32BE(8, pos);
-    buf[pos + 4] = 2; // PGSQL_AF_INET
-    buf[pos + 5] = key - a * 64;
-    buf[pos + 6] = 1; // is_cidr
-    buf[pos + 7] = 4;
-    buf.writeUInt32BE(a, pos + 8);
-    pos += 12;
-    pos += expiry.copy(buf, pos);
+    const o = pos + at;
+    buf[o + 1] = key - a * 64;
+    buf[o + 4] = a >>> 24;
+    buf[o + 5] = (a >>> 16) & 255;
+    buf[o + 6] = (a >>> 8) & 255;
+    buf[o + 7] = a & 255;
+    pos += row.length;
   }
   for (const net of v6) {
     const full = room();

@@ -152,7 +152,14 @@ export function diffList(want4: Float64Array, want6: readonly Net[], stored: Sto
       unlisted(j, e);
     }
   }
-  for (let i = 0; i < nw; i++) if (held[i] === 0) d.insert.v4.push(want4[i]);
+  if (n4 === 0) {
+    // A first import: all of it, into an array of its size (a quarter of the time of pushing).
+    const all = new Array<number>(nw);
+    for (let i = 0; i < nw; i++) all[i] = want4[i];
+    d.insert.v4 = all;
+  } else {
+    for (let i = 0; i < nw; i++) if (held[i] === 0) d.insert.v4.push(want4[i]);
+  }
 
   // IPv6: few; by text key.
   const key6 = (n: Net) => `${n.addr.toString(16)}/${n.prefix}`;
