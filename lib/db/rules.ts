@@ -194,7 +194,7 @@ export async function deleteRules(
       `WITH gone AS (
          DELETE FROM qguard.list_entries e USING qguard.lists l
           WHERE l.id = e.list_id AND e.network = $1::cidr ${f.source ? 'AND l.source = $2' : ''}
-         RETURNING l.source, l.reason, e.network, e.created_at, e.expires_at),
+         RETURNING l.source, l.reason, e.network, coalesce(e.created_at, l.created_at) AS created_at, e.expires_at),
        audited AS (
          INSERT INTO qguard.audit (actor, op, object, network, action, source, reason, expires_at)
            SELECT qguard.current_actor(), 'delete', 'rule', network, 'deny', source, reason, expires_at FROM gone)

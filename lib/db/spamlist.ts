@@ -295,7 +295,7 @@ const v4Text = (key: number) => {
 
 
 /** IPv4 keys packed for qguard.audit.entries: 5 bytes each, the address (big-endian) and the prefix. */
-function packKeys(keys: readonly number[]): Buffer {
+function packKeys(keys: ArrayLike<number>): Buffer {
   const b = Buffer.allocUnsafe(keys.length * 5);
   for (let i = 0, o = 0; i < keys.length; i++, o += 5) {
     const a = Math.floor(keys[i] / 64);
@@ -310,20 +310,28 @@ function packKeys(keys: readonly number[]): Buffer {
 
 /**
  * Rows of PostgreSQL's binary COPY format, in chunks of about 256 kB: per row the list's id
- * (int4), the network (cidr: family, bits, is_cidr, length, address bytes) and the expiry — or,
- * with `listId` null, the network alone. The server reads binary values without parsing text.
+ * (int4), the network (cidr: family, bits, is_cidr, length, address bytes), the expiry and,
+ * unless `addedAt` is null, the time added — or, with `listId` null, the network alone. Times
+ * are microseconds since 2000-01-01. The server reads binary values without parsing text.
  */
-function* copyRows(listId: number | null, keys: readonly number[], v6: readonly Net[], expiresAt: number | null): Generator<Buffer> {
-  let expiry: Buffer;
-  if (listId === null) expiry = Buffer.alloc(0);
-  else if (expiresAt === null) {
-    expiry = Buffer.alloc(4);
-    expiry.writeInt32BE(-1); // NULL
-  } else {
-    expiry = Buffer.alloc(12);
-    expiry.writeInt32BE(8);
-    expiry.writeBigInt64BE(BigInt(expiresAt), 4); // timestamptz: microseconds since 2000-01-01
-  }
+function* copyRows(
+  listId: number | null,
+  keys: ArrayLike<number>,
+  v6: readonly Net[],
+  expiresAt: number | null,
+  addedAt: number | null = null,
+): Generator<Buffer> {
+  const time = (t: number | null) => {
+    const b = Buffer.alloc(t === null ? 4 : 12);
+    if (t === null) b.writeInt32BE(-1); // NULL
+    else {
+      b.writeInt32BE(8);
+      b.writeBigInt64BE(BigInt(t), 4);
+    }
+    return b;
+  };
+  const fields = listId === null ? 1 : addedAt === null ? 3 : 4;
+  const expiry = listId === null ? Buffer.alloc(0) : Buffer.concat([time(expiresAt), ...(addedAt === null ? [] : [time(addedAt)])]);
   const size = 1 << 18;
   const rowMax = 2 + 8 + 24 + expiry.length;
   let buf = Buffer.allocUnsafe(size);
@@ -344,7 +352,7 @@ function* copyRows(listId: number | null, keys: readonly number[], v6: readonly 
       pos += 2;
       return;
     }
-    buf.writeInt16BE(3, pos);
+    buf.writeInt16BE(fields, pos);
     buf.writeInt32BE(4, pos + 2);
     buf.writeInt32BE(listId, pos + 6);
     pos += 10;
@@ -361,10 +369,11 @@ function* copyRows(listId: number | null, keys: readonly number[], v6: readonly 
   pos += expiry.copy(buf, pos);
   const row = Buffer.from(buf.subarray(start, pos));
   pos = start;
-  for (const key of keys) {
+  for (let i = 0; i < keys.length; i++) {
     const full = room();
     if (full) yield full;
     row.copy(buf, pos);
+    const key = keys[i];
     const a = Math.floor(key / 64);
     const o = pos + at;
     buf[o + 1] = key - a * 64;
@@ -392,15 +401,28 @@ function* copyRows(listId: number | null, keys: readonly number[], v6: readonly 
   yield buf.subarray(0, pos + 2);
 }
 
-/** Insert new entries: one COPY (server), batched unnest (embedded). */
-async function insertEntries(db: Db, tx: Queryable, listId: number, keys: number[], v6: Net[], opts: SpamlistMerge, run: DiffOptions): Promise<void> {
+/**
+ * Insert new entries: one COPY (server), batched unnest (embedded). Those of the import that
+ * made the list (`first`) get no time of their own: the list's is theirs (sql/018).
+ */
+async function insertEntries(
+  db: Db,
+  tx: Queryable,
+  listId: number,
+  first: boolean,
+  keys: ArrayLike<number>,
+  v6: Net[],
+  opts: SpamlistMerge,
+  run: DiffOptions,
+): Promise<void> {
   if (db.pgClient) {
     const { from: copyFrom } = await import('pg-copy-streams');
     // now() + ttl, as the SQL statements write it.
     const expiresAt = run.ttl === null ? null : run.now + run.ttl;
-    const sink = db.pgClient.query(copyFrom('COPY qguard.list_entries (list_id, network, expires_at) FROM STDIN (FORMAT binary)'));
+    const columns = first ? 'list_id, network, expires_at' : 'list_id, network, expires_at, created_at';
+    const sink = db.pgClient.query(copyFrom(`COPY qguard.list_entries (${columns}) FROM STDIN (FORMAT binary)`));
     try {
-      await pipeline(Readable.from(copyRows(listId, keys, v6, expiresAt)), sink);
+      await pipeline(Readable.from(copyRows(listId, keys, v6, expiresAt, first ? null : run.now)), sink);
     } catch (err) {
       throw dbError(err, 'storing the new entries failed');
     }
@@ -408,15 +430,15 @@ async function insertEntries(db: Db, tx: Queryable, listId: number, keys: number
   }
   for (let i = 0; i < keys.length + v6.length; i += EMBEDDED_BATCH) {
     await tx.query(
-      `INSERT INTO qguard.list_entries (list_id, network, expires_at)
-       SELECT $2, n::cidr, ${expirySql(3)} FROM unnest($1::text[]) AS u(n)`,
-      [netSlice(keys, v6, i, i + EMBEDDED_BATCH), listId, opts.ttlSeconds],
+      `INSERT INTO qguard.list_entries (list_id, network, expires_at, created_at)
+       SELECT $2, n::cidr, ${expirySql(3)}, CASE WHEN $4 THEN NULL ELSE now() END FROM unnest($1::text[]) AS u(n)`,
+      [netSlice(keys, v6, i, i + EMBEDDED_BATCH), listId, opts.ttlSeconds, first],
     );
   }
 }
 
 /** Networks (IPv4 keys, then IPv6) `from` .. `to` as the texts of an array parameter. */
-function netSlice(keys: readonly number[], v6: readonly Net[], from: number, to: number): string[] {
+function netSlice(keys: ArrayLike<number>, v6: readonly Net[], from: number, to: number): string[] {
   const out: string[] = [];
   for (let n = from; n < to && n < keys.length + v6.length; n++) out.push(n < keys.length ? v4Text(keys[n]) : formatNet(v6[n - keys.length]));
   return out;
@@ -458,7 +480,7 @@ async function changeEntries(db: Db, tx: Queryable, listId: number, keys: number
 }
 
 /** The audit row of one kind of change of the list's entries (sql/018: IPv4 packed, IPv6 listed). */
-async function auditEntries(tx: Queryable, op: 'insert' | 'update' | 'delete', keys: number[], v6: Net[], opts: SpamlistMerge): Promise<void> {
+async function auditEntries(tx: Queryable, op: 'insert' | 'update' | 'delete', keys: ArrayLike<number>, v6: Net[], opts: SpamlistMerge): Promise<void> {
   if (keys.length + v6.length === 0) return;
   await tx.query(
     `INSERT INTO qguard.audit (actor, op, object, action, source, reason, expires_at, entries, networks)
@@ -532,7 +554,7 @@ async function apply(db: Db, tx: Queryable, plan: ListDiff, read: SourceRead, op
     // Only import-spamlist writes a list's entries, under the list's advisory lock: the
     // networks to insert are not stored (the diff was read under the lock).
     opts.onPhase?.('writing the new entries');
-    await insertEntries(db, tx, listId, plan.insert.v4, plan.insert.v6, opts, run);
+    await insertEntries(db, tx, listId, read.list.id === 0, plan.insert.v4, plan.insert.v6, opts, run);
     opts.onPhase?.('auditing the new entries');
     await auditEntries(tx, 'insert', plan.insert.v4, plan.insert.v6, opts);
     opts.onPhase?.('committing');
