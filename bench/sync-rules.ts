@@ -130,7 +130,13 @@ async function main() {
   const fullRss = maxRssMb(node, [bin], big.env);
   const text = fs.readFileSync(big.env.QGUARD_RULES);
   const keys = text.toString('latin1').split('\n').filter((l) => l && !l.startsWith('#')).length;
-  const copySql = `COPY (SELECT network, action FROM qguard.live_rules WHERE family(network) = 4 AND (host IS NULL OR host = 'bench')) TO STDOUT`;
+  // The rules and the lists' entries straight from their tables (not through live_rules' join
+  // with qguard.lists, which sync-rules does not pay either).
+  const copySql = `COPY (SELECT network, action FROM qguard.rules
+                          WHERE family(network) = 4 AND (host IS NULL OR host = 'bench') AND (expires_at IS NULL OR expires_at > now())
+                         UNION ALL
+                         SELECT network, 'deny' FROM qguard.list_entries
+                          WHERE family(network) = 4 AND (expires_at IS NULL OR expires_at > now())) TO STDOUT`;
   const floorCopy: number[] = [];
   const floorRules: number[] = [];
   const floorCdb = path.join(big.dir, 'floor.cdb');
