@@ -17,7 +17,7 @@ import { binaryRow, int8At, viewOf } from './binary-row.js';
 import { listDomains } from './domains.js';
 import type { Net } from '../net/address.js';
 import type { Action, PolicyRule } from '../policy/decide.js';
-import { SORT_PREFIX_MUL, SQL_SORT_KEY, STATIC_MAX, decodeSortKey, keysOfPrefix } from '../net/tcprules-keys.js';
+import { SORT_ADDR_MUL, SORT_PREFIX_MUL, SQL_SORT_KEY, STATIC_MAX, actionOrder, decodeSortKey, keysOfPrefix } from '../net/tcprules-keys.js';
 import type { RulesSnapshot } from '../qmail/rules-plan.js';
 
 /** This host's rules as read from one database at one change number (kept between runs). */
@@ -88,23 +88,22 @@ function decodeV6(b: Buffer): CopyRule6[] {
   return out;
 }
 
-/** The live list entries (sql/018) as rules: id 0 (never patched: any change of them is a change of unknown rules). */
-const LIST_ENTRIES = `(SELECT 0::bigint AS id, network, 'deny'::text AS action, expires_at
-                         FROM qguard.list_entries WHERE expires_at IS NULL OR expires_at > now())`;
-
 /**
  * Every live rule of the host: the rules (with their ids, to patch the copy) and the lists'
- * entries (without: keys, and the expiry of those that have one).
+ * entries (sql/018; always deny, for every host). The entries come as their cidr_send bytes
+ * (IPv4 8, IPv6 20; with the expiry after it when they have one), turned into sort keys here:
+ * a third less of the server's time than computing the keys in SQL. Their ids stay 0 (never
+ * patched: any change of them is a change of unknown rules).
  */
 async function readAll(db: Db, tx: Queryable, host: string, st: State): Promise<RulesCopy> {
   // Aggregates over the same rows take them in the same order: no parallel workers.
   if (db.pgClient) await tx.exec('SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off');
-  const [kb, ib, eb, v6b, lkb, leb, lv6b] = await binaryRow(
+  const [kb, ib, eb, v6b, lkb, leb] = await binaryRow(
     db,
     tx,
-    7,
+    6,
     (lit) =>
-      `SELECT r.k, r.i, r.e, r.v6, l.k AS lk, l.e AS le, l.v6 AS lv6
+      `SELECT r.k, r.i, r.e, r.v6, l.k AS lk, l.e AS le
          FROM (SELECT string_agg(int8send(${SQL_SORT_KEY}), ''::bytea) FILTER (WHERE family(network) = 4) AS k,
                       string_agg(int8send(id), ''::bytea) FILTER (WHERE family(network) = 4) AS i,
                       string_agg(int8send(id) || int8send(${EXP_US}), ''::bytea)
@@ -112,19 +111,16 @@ async function readAll(db: Db, tx: Queryable, host: string, st: State): Promise<
                       string_agg(${V6_RECORD}, ''::bytea) FILTER (WHERE family(network) = 6) AS v6
                  FROM qguard.rules
                 WHERE (expires_at IS NULL OR expires_at > now()) AND ${FOR_HOST(lit(host))}) AS r,
-              (SELECT string_agg(int8send(${SQL_SORT_KEY}), ''::bytea)
-                        FILTER (WHERE family(network) = 4 AND expires_at IS NULL) AS k,
-                      string_agg(int8send(${SQL_SORT_KEY}) || int8send(${EXP_US}), ''::bytea)
-                        FILTER (WHERE family(network) = 4 AND expires_at IS NOT NULL) AS e,
-                      string_agg(${V6_RECORD}, ''::bytea) FILTER (WHERE family(network) = 6) AS v6
-                 FROM ${LIST_ENTRIES} AS x) AS l`,
+              (SELECT string_agg(cidr_send(network), ''::bytea) FILTER (WHERE expires_at IS NULL) AS k,
+                      string_agg(cidr_send(network) || int8send(${EXP_US}), ''::bytea) FILTER (WHERE expires_at IS NOT NULL) AS e
+                 FROM qguard.list_entries WHERE expires_at IS NULL OR expires_at > now()) AS l`,
     'reading the rules',
   );
   const nr = kb.length >>> 3;
-  const n = nr + (lkb.length >>> 3) + (leb.length >>> 4);
-  const v4Keys = new Float64Array(n);
-  const v4Ids = new Float64Array(n);
-  const v4Expires = new Float64Array(n).fill(Infinity);
+  const cap = nr + (lkb.length >>> 3) + (leb.length >>> 4);
+  const v4Keys = new Float64Array(cap);
+  const v4Ids = new Float64Array(cap);
+  const v4Expires = new Float64Array(cap).fill(Infinity);
   const k = viewOf(kb);
   const id = viewOf(ib);
   for (let i = 0; i < nr; i++) {
@@ -137,25 +133,36 @@ async function readAll(db: Db, tx: Queryable, host: string, st: State): Promise<
     for (let o = 0; o + 16 <= eb.length; o += 16) expiry.set(int8At(e, o), int8At(e, o + 8));
     for (let i = 0; i < nr; i++) v4Expires[i] = expiry.get(v4Ids[i]) ?? Infinity;
   }
-  // The entries' ids stay 0.
-  let i = nr;
-  const lk = viewOf(lkb);
-  for (let o = 0; o + 8 <= lkb.length; o += 8) v4Keys[i++] = int8At(lk, o);
-  const le = viewOf(leb);
-  for (let o = 0; o + 16 <= leb.length; o += 16, i++) {
-    v4Keys[i] = int8At(le, o);
-    v4Expires[i] = int8At(le, o + 8);
-  }
+  const v6 = decodeV6(v6b);
+  let n = nr;
+  const deny = actionOrder(2);
+  const entries = (b: Buffer, timed: boolean) => {
+    const v = viewOf(b);
+    for (let o = 0; o < b.length; ) {
+      const size = 4 + b[o + 3]; // cidr_send: family, bits, is_cidr, length, address
+      const expires = timed ? int8At(v, o + size) : Infinity;
+      if (b[o + 3] === 4) {
+        v4Keys[n] = v.getUint32(o + 4) * SORT_ADDR_MUL + b[o + 1] * SORT_PREFIX_MUL + deny;
+        v4Expires[n++] = expires;
+      } else {
+        const addr = (b.readBigUInt64BE(o + 4) << 64n) | b.readBigUInt64BE(o + 12);
+        v6.push({ id: 0, expires, action: 'deny', net: { family: 6, addr, prefix: b[o + 1] } });
+      }
+      o += size + (timed ? 8 : 0);
+    }
+  };
+  entries(lkb, false);
+  entries(leb, true);
   return {
     instance: st.instance,
     host,
     changeSeq: st.seq,
     fullAt: Math.floor(st.nowUs / 1000),
-    v4Ids,
-    v4Keys,
-    v4Expires,
+    v4Ids: v4Ids.subarray(0, n),
+    v4Keys: v4Keys.subarray(0, n),
+    v4Expires: v4Expires.subarray(0, n),
     v4Count: n,
-    v6: decodeV6(v6b).concat(decodeV6(lv6b)),
+    v6,
   };
 }
 

@@ -15,6 +15,7 @@ import zlib from 'node:zlib';
 import { decodeCopy, encodeCopy, jsCrc32 } from '../../lib/io/rules-copy.js';
 import { formatNet } from '../../lib/net/address.js';
 import type { RulesSnapshot } from '../../lib/qmail/rules-plan.js';
+import { SQL_SORT_KEY } from '../../lib/net/tcprules-keys.js';
 
 const SEED = Number(process.env.QGUARD_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const HOST = 'test-host';
@@ -161,6 +162,37 @@ for (const kind of ['server', 'embedded'] as const) {
       await db.query(`${INSERT} ${ruleValues(r, 100)} ${ON_CONFLICT}`);
       expect((await compare(big.copy)).patched).toBe(true);
     }, 120_000);
+
+    it("the lists' entries are in it as deny rules of every host, read apart from the rules; a change of them is read in full", async (t) => {
+      if (kind === 'server' && tdb.kind !== 'server') t.skip();
+      // No rule of the rounds above may lapse between two reads of this test or the next.
+      await db.query("DELETE FROM qguard.rules WHERE expires_at > now() AND expires_at < now() + interval '1 minute'");
+      const before = await compare(null);
+      await db.exec(`
+        INSERT INTO qguard.lists (source, reason) VALUES ('list:snap', 'snap');
+        INSERT INTO qguard.list_entries (list_id, network, expires_at)
+          SELECT (SELECT id FROM qguard.lists WHERE source = 'list:snap'), n::cidr, e FROM (VALUES
+            ('46.1.0.0/16', NULL), ('46.2.3.4/32', NULL), ('46.3.0.0/24', now() + interval '1 day'),
+            ('46.4.0.0/24', now() - interval '1 hour'), ('2001:db8:46::/48', NULL),
+            ('2001:db8:47::/48', now() + interval '1 day'), ('2001:db8:48::/48', now() - interval '1 hour')) AS v(n, e)`);
+      const after = await compare(before.copy);
+      expect(after.patched).toBe(false); // entries changed: no ids to patch with
+      const keys = await db.query<{ k: string }>(
+        `SELECT (${SQL_SORT_KEY})::text AS k FROM (SELECT network, 'deny'::text AS action FROM qguard.list_entries
+          WHERE family(network) = 4 AND (expires_at IS NULL OR expires_at > now())) x`,
+      );
+      const got = view(after.snapshot);
+      const was = view(before.snapshot);
+      const added = got.v4.filter((k) => !was.v4.includes(k));
+      expect(added.sort((a, b) => a - b)).toEqual(keys.rows.map((r) => Number(r.k)).sort((a, b) => a - b));
+      expect(added.length).toBe(3);
+      expect(got.v6.filter((r) => !was.v6.includes(r))).toEqual(['2001:db8:46::/48 deny', '2001:db8:47::/48 deny']);
+      expect(got.counts.deny).toBe(was.counts.deny + 5);
+      // The entries' copy is patched on with a rule change as before.
+      await db.query(`${INSERT} ('45.9.9.0/24', 'deny', 'manual', NULL, NULL, 'after entries') ${ON_CONFLICT}`);
+      expect((await compare(after.copy)).patched).toBe(true);
+      await db.exec("DELETE FROM qguard.list_entries; DELETE FROM qguard.lists WHERE source = 'list:snap'");
+    });
 
     it('reads in full when the copy is of another database, host or time, or older than the changes kept', async (t) => {
       if (kind === 'server' && tdb.kind !== 'server') t.skip();
