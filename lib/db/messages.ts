@@ -179,25 +179,41 @@ export async function overThreshold(db: Queryable, windowSeconds: number, thresh
  * Every live rule (of any host scope) that contains each address: one query for a batch of
  * addresses, so the decision can be made for each with decide(). The networks that can contain
  * them are joined as rows: probes of rules_unique for the rules, a hash join with the lists'
- * entries (which have no btree, sql/018).
+ * entries (which have no btree, sql/018: one scan of them per batch).
+ *
+ * `entries: 'underAllow'` is for a caller that only asks "relay or trust?": an entry (always a
+ * deny) can only turn a relay/trust decision into deny, so the entries are read only for the
+ * addresses a relay/trust rule contains (mostly none: no scan of the entries at all).
  */
-export async function rulesForIps(db: Queryable, ips: readonly string[]): Promise<Map<string, Rule[]>> {
-  const out = new Map<string, Rule[]>();
-  for (const ip of ips) out.set(ip, []);
-  for (let i = 0; i < ips.length; i += BATCH) {
-    const r = await db.query<Parameters<typeof toRule>[0] & { ip: string }>(
-      `SELECT c.ip, ${RULE_COLUMNS.split(', ')
-        .map((c) => `r.${c}`)
-        .join(', ')}
-         FROM unnest($1::text[]) AS c(ip)
-        CROSS JOIN LATERAL unnest(qguard.covering(c.ip::inet)) AS k(network)
-         JOIN qguard.live_rules r ON r.network = k.network
-        ORDER BY r.id`,
-      [ips.slice(i, i + BATCH)],
-    );
-    for (const row of r.rows) out.get(row.ip)?.push(toRule(row));
-  }
-  return out;
+export async function rulesForIps(
+  db: Queryable,
+  ips: readonly string[],
+  opts: { entries?: 'all' | 'underAllow' } = {},
+): Promise<Map<string, Rule[]>> {
+  const read = async (list: readonly string[], from: 'qguard.live_rules' | 'qguard.rules') => {
+    const out = new Map<string, Rule[]>();
+    for (const ip of list) out.set(ip, []);
+    const live = from === 'qguard.rules' ? 'WHERE r.expires_at IS NULL OR r.expires_at > now()' : '';
+    for (let i = 0; i < list.length; i += BATCH) {
+      const r = await db.query<Parameters<typeof toRule>[0] & { ip: string }>(
+        `SELECT c.ip, ${RULE_COLUMNS.split(', ')
+          .map((c) => `r.${c}`)
+          .join(', ')}
+           FROM unnest($1::text[]) AS c(ip)
+          CROSS JOIN LATERAL unnest(qguard.covering(c.ip::inet)) AS k(network)
+           JOIN ${from} r ON r.network = k.network ${live}
+          ORDER BY r.id`,
+        [list.slice(i, i + BATCH)],
+      );
+      for (const row of r.rows) out.get(row.ip)?.push(toRule(row));
+    }
+    return out;
+  };
+  if (opts.entries !== 'underAllow') return read(ips, 'qguard.live_rules');
+  const rules = await read(ips, 'qguard.rules');
+  const allowed = ips.filter((ip) => rules.get(ip)!.some((r) => r.action !== 'deny'));
+  if (allowed.length > 0) for (const [ip, all] of await read(allowed, 'qguard.live_rules')) rules.set(ip, all);
+  return rules;
 }
 
 /** One line of `qguard queue top`. */

@@ -82,7 +82,8 @@ async function copyBatch(
   todo: { id: number; queueId: string; sourceIp: string }[],
 ): Promise<number> {
   const { host, copyBytes } = ctx.config;
-  const verdicts = await rulesAndVerdicts(db, [...new Set(todo.map((t) => t.sourceIp))], ctx.protectedNets());
+  // Only "relay or trust?" is asked: the lists' entries are read only where it can matter.
+  const verdicts = await rulesAndVerdicts(db, [...new Set(todo.map((t) => t.sourceIp))], ctx.protectedNets(), true);
   const copies: NewCopy[] = [];
   const skipped: number[] = [];
   for (const t of todo) {

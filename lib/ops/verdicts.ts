@@ -20,10 +20,20 @@ export interface IpRules {
   scopedHosts(): string[];
 }
 
-/** IpRules for each address that parses (others are left out). */
-export async function rulesAndVerdicts(db: Queryable, ips: readonly string[], protectedNets: readonly Net[]): Promise<Map<string, IpRules>> {
+/**
+ * IpRules for each address that parses (others are left out). `onlyAllow`: the caller asks
+ * only whether the decision is relay or trust (rulesForIps' 'underAllow': the lists' entries
+ * are read only where a relay/trust rule contains the address); its rules() and any other
+ * decision may then lack the entries.
+ */
+export async function rulesAndVerdicts(
+  db: Queryable,
+  ips: readonly string[],
+  protectedNets: readonly Net[],
+  onlyAllow = false,
+): Promise<Map<string, IpRules>> {
   const unique = [...new Set(ips)];
-  const rules = await rulesForIps(db, unique);
+  const rules = await rulesForIps(db, unique, { entries: onlyAllow ? 'underAllow' : 'all' });
   const out = new Map<string, IpRules>();
   for (const ip of unique) {
     const p = parseIp(ip);

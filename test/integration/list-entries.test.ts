@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Db } from '../../lib/db/connect.js';
 import { listMigrations, migrate } from '../../lib/db/migrate.js';
 import { rulesForIps } from '../../lib/db/messages.js';
-import { changeCounter, deleteRules, expireRules, listRules, nextExpiry, rulesContaining } from '../../lib/db/rules.js';
+import { changeCounter, deleteRules, expireRules, listRules, nextExpiry, rulesContaining, upsertRule } from '../../lib/db/rules.js';
+import { rulesAndVerdicts } from '../../lib/ops/verdicts.js';
 import { mergeSpamlist } from '../../lib/db/spamlist.js';
 import { type Net, parseNet } from '../../lib/net/address.js';
 import { type TestDb, createTestDb, serverAvailable } from '../helpers/db.js';
@@ -162,6 +163,20 @@ describe.each(kinds)('list entries on the %s database', (kind) => {
     const quiet = await changeCounter(db);
     expect(await expireRules(db)).toBe(0);
     expect(await changeCounter(db)).toBe(quiet);
+  });
+
+  it("asked only \"relay or trust?\" (the page's copies), the entries are read where a relay/trust rule contains the address, with the same answers", async () => {
+    await importList(db, 'list:g', ['100.74.0.5/32', '100.74.1.0/24'], null);
+    await upsertRule(db, { net: net('100.74.0.0/24'), action: 'relay', source: 'manual', reason: null, who: null, ttlSeconds: null, host: null });
+    const ips = ['100.74.0.5', '100.74.0.6', '100.74.1.9', '100.74.2.1'];
+    const full = await rulesAndVerdicts(db, ips, []);
+    const few = await rulesAndVerdicts(db, ips, [], true);
+    const allowed = (m: typeof full, ip: string) => ['relay', 'trust'].includes(m.get(ip)!.on('test-host').decision);
+    expect(ips.map((ip) => full.get(ip)!.on('test-host').decision)).toEqual(['deny', 'relay', 'deny', 'default']);
+    expect(ips.map((ip) => allowed(few, ip))).toEqual(ips.map((ip) => allowed(full, ip)));
+    // Under the relay network the entry was read (and wins: longer prefix); elsewhere not at all.
+    expect(few.get('100.74.0.5')!.rules.map((r) => r.source).sort()).toEqual(['list:g', 'manual']);
+    expect(few.get('100.74.1.9')!.rules).toEqual([]);
   });
 
   it('`qguard ip rm` removes a list entry (not when one host is named), audited as a delete', async () => {
