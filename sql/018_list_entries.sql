@@ -57,11 +57,17 @@ BEGIN
       FROM generate_series(0, coalesce(length(a.entries), 0) / 5 - 1) AS i;
 END $$;
 
+-- qguard.state.entries_seq: the change number of the last change of any list's entries, so a
+-- reader that saw the entries at that number knows they are still the same (scan-queue's
+-- decisions on its last count reuse the entries they found instead of reading them again).
+ALTER TABLE qguard.state ADD COLUMN entries_seq bigint NOT NULL DEFAULT 0;
+
 CREATE FUNCTION qguard.list_entries_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
   v_seq bigint := qguard.bump_change();
 BEGIN
+  UPDATE qguard.state SET entries_seq = v_seq;
   INSERT INTO qguard.rule_changes AS c (seq, ids) VALUES (v_seq, NULL)
     ON CONFLICT (seq) DO UPDATE SET ids = NULL;
   IF v_seq % 64 = 0 THEN

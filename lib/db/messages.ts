@@ -61,12 +61,13 @@ export async function saveScanState(
  * (sql/016); and what the decisions on its addresses depend on: the change counter. Read before counting: a host that commits meanwhile makes the
  * next run's signature differ, never the other way round.
  */
-export async function countSignature(db: Queryable): Promise<{ changeSeq: string; recorded: string }> {
-  const r = await db.query<{ seq: string; rec: string }>(
-    `SELECT (SELECT change_seq FROM qguard.state)::text AS seq,
-            coalesce((SELECT string_agg(host || '=' || recorded, ',' ORDER BY host) FROM qguard.queue_scans), '') AS rec`,
+export async function countSignature(db: Queryable): Promise<{ changeSeq: string; entriesSeq: string; recorded: string }> {
+  const r = await db.query<{ seq: string; eseq: string; rec: string }>(
+    `SELECT change_seq::text AS seq, entries_seq::text AS eseq,
+            coalesce((SELECT string_agg(host || '=' || recorded, ',' ORDER BY host) FROM qguard.queue_scans), '') AS rec
+       FROM qguard.state`,
   );
-  return { changeSeq: r.rows[0].seq, recorded: r.rows[0].rec };
+  return { changeSeq: r.rows[0].seq, entriesSeq: r.rows[0].eseq, recorded: r.rows[0].rec };
 }
 
 /** This host's last count (sql/016), as stored by saveLastCount. */
@@ -184,11 +185,12 @@ export async function overThreshold(db: Queryable, windowSeconds: number, thresh
  * `entries: 'underAllow'` is for a caller that only asks "relay or trust?": an entry (always a
  * deny) can only turn a relay/trust decision into deny, so the entries are read only for the
  * addresses a relay/trust rule contains (mostly none: no scan of the entries at all).
+ * `entries: 'none'`: the rules of qguard.rules only (the caller has the entries: verdicts.ts).
  */
 export async function rulesForIps(
   db: Queryable,
   ips: readonly string[],
-  opts: { entries?: 'all' | 'underAllow' } = {},
+  opts: { entries?: 'all' | 'underAllow' | 'none' } = {},
 ): Promise<Map<string, Rule[]>> {
   const read = async (list: readonly string[], from: 'qguard.live_rules' | 'qguard.rules') => {
     const out = new Map<string, Rule[]>();
@@ -209,6 +211,7 @@ export async function rulesForIps(
     }
     return out;
   };
+  if (opts.entries === 'none') return read(ips, 'qguard.rules');
   if (opts.entries !== 'underAllow') return read(ips, 'qguard.live_rules');
   const rules = await read(ips, 'qguard.rules');
   const allowed = ips.filter((ip) => rules.get(ip)!.some((r) => r.action !== 'deny'));

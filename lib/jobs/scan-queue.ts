@@ -31,7 +31,7 @@ import { TemporaryError } from '../errors.js';
 import type { Queryable } from '../db/connect.js';
 import { formatDuration } from '../duration.js';
 import { type Net, formatNetShort, netContains } from '../net/address.js';
-import { rulesAndVerdicts } from '../ops/verdicts.js';
+import { type IpRules, type KeptEntry, entriesFound, rulesAndVerdicts } from '../ops/verdicts.js';
 import { ruleRefusal } from '../policy/guards.js';
 import { upsertRule } from '../db/rules.js';
 import {
@@ -474,6 +474,9 @@ interface LastCount {
   over: Candidate[];
   alreadyDenied: number;
   notDenied: NotDenied[];
+  /** The lists' entries' change number the decisions saw, and the entries they found. */
+  entriesSeq?: string;
+  entries?: Record<string, KeptEntry[]>;
 }
 
 /** A count older than this is run again, whatever changed (counts fall as messages leave the window). */
@@ -515,7 +518,10 @@ async function denyOverThreshold(ctx: RunContext, tx: Queryable, summary: ScanSu
   }
   summary.overThreshold = over.length;
   const before = { already: summary.alreadyDenied, notDenied: summary.notDenied.length };
-  await denyCandidates(ctx, tx, summary, run, over);
+  // The same candidates and no list's entries changed since: the entries they were found in
+  // are those (a million entries are not read again because a login was granted).
+  const kept = fresh && last.entriesSeq === now.entriesSeq && last.entries ? last.entries : 'all';
+  const verdicts = await denyCandidates(ctx, tx, summary, run, over, kept);
   const found: LastCount = {
     sig,
     changeSeq: now.changeSeq,
@@ -523,6 +529,8 @@ async function denyOverThreshold(ctx: RunContext, tx: Queryable, summary: ScanSu
     over,
     alreadyDenied: summary.alreadyDenied - before.already,
     notDenied: summary.notDenied.slice(before.notDenied),
+    entriesSeq: now.entriesSeq,
+    entries: entriesFound(verdicts),
   };
   await saveLastCount(tx, config.host, found);
 }
@@ -549,10 +557,11 @@ async function denyCandidates(
   summary: ScanSummary,
   run: { dryRun: boolean; deny: boolean },
   over: readonly Candidate[],
-): Promise<void> {
+  entries: Parameters<typeof rulesAndVerdicts>[3] = 'all',
+): Promise<Map<string, IpRules>> {
   const { config, log } = ctx;
-  if (over.length === 0) return;
-  const verdicts = await rulesAndVerdicts(tx, over.map((o) => o.ip), ctx.protectedNets());
+  if (over.length === 0) return new Map();
+  const verdicts = await rulesAndVerdicts(tx, over.map((o) => o.ip), ctx.protectedNets(), entries);
   for (const o of over) {
     const v = verdicts.get(o.ip);
     if (!v) continue;
@@ -591,4 +600,5 @@ async function denyCandidates(
     summary.denied.push(o.ip);
     log.info(`${run.dryRun ? 'would deny' : 'denied'} ${o.ip}: ${o.reason}`);
   }
+  return verdicts;
 }

@@ -83,7 +83,7 @@ async function copyBatch(
 ): Promise<number> {
   const { host, copyBytes } = ctx.config;
   // Only "relay or trust?" is asked: the lists' entries are read only where it can matter.
-  const verdicts = await rulesAndVerdicts(db, [...new Set(todo.map((t) => t.sourceIp))], ctx.protectedNets(), true);
+  const verdicts = await rulesAndVerdicts(db, [...new Set(todo.map((t) => t.sourceIp))], ctx.protectedNets(), 'underAllow');
   const copies: NewCopy[] = [];
   const skipped: number[] = [];
   for (const t of todo) {

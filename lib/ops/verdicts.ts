@@ -3,7 +3,7 @@
 // One query for all the addresses (lib/db/messages.ts rulesForIps), then the pure decision
 // (lib/policy/decide.ts) per address and per mail server asked about.
 
-import { type Net, parseIp } from '../net/address.js';
+import { type Net, parseIp, parseNet } from '../net/address.js';
 import { type DecisionResult, decide, rulesOnHost } from '../policy/decide.js';
 import type { Queryable } from '../db/connect.js';
 import { rulesForIps } from '../db/messages.js';
@@ -20,20 +20,73 @@ export interface IpRules {
   scopedHosts(): string[];
 }
 
+/** A list entry found for an address, as kept between runs (JSON). */
+export interface KeptEntry {
+  cidr: string;
+  source: string;
+  reason: string | null;
+  createdAt: string;
+  expiresAt: string | null;
+}
+
+/** The lists' entries among the rules found (id 0, sql/018), per address, to keep. */
+export function entriesFound(verdicts: Map<string, IpRules>): Record<string, KeptEntry[]> {
+  const out: Record<string, KeptEntry[]> = {};
+  for (const [ip, v] of verdicts) {
+    const mine = v.rules.filter((r) => r.id === 0 && r.source.startsWith('list:'));
+    if (mine.length === 0) continue;
+    out[ip] = mine.map((r) => ({ cidr: r.cidr, source: r.source, reason: r.reason, createdAt: r.createdAt.toISOString(), expiresAt: r.expiresAt?.toISOString() ?? null }));
+  }
+  return out;
+}
+
+/** Kept entries as rules again, without those whose time is up. */
+function keptRules(kept: Record<string, KeptEntry[]>): Map<string, Rule[]> {
+  const now = Date.now();
+  const out = new Map<string, Rule[]>();
+  for (const [ip, list] of Object.entries(kept)) {
+    const rules: Rule[] = [];
+    for (const e of list) {
+      const net = parseNet(e.cidr);
+      if (!net.ok || (e.expiresAt !== null && Date.parse(e.expiresAt) <= now)) continue;
+      rules.push({
+        id: 0,
+        net: net.net,
+        cidr: e.cidr,
+        action: 'deny',
+        source: e.source,
+        reason: e.reason,
+        who: null,
+        createdAt: new Date(e.createdAt),
+        expiresAt: e.expiresAt === null ? null : new Date(e.expiresAt),
+        host: null,
+      });
+    }
+    out.set(ip, rules);
+  }
+  return out;
+}
+
 /**
- * IpRules for each address that parses (others are left out). `onlyAllow`: the caller asks
- * only whether the decision is relay or trust (rulesForIps' 'underAllow': the lists' entries
- * are read only where a relay/trust rule contains the address); its rules() and any other
- * decision may then lack the entries.
+ * IpRules for each address that parses (others are left out). `entries` says how the lists'
+ * entries are found: 'all' read (a scan of them per 2,000 addresses); 'underAllow' for a
+ * caller that asks only whether the decision is relay or trust (read only where a relay/trust
+ * rule contains the address; rules() and any other decision may then lack them); or the
+ * entries a previous run found (entriesFound) while no list's entries changed since: not read.
  */
 export async function rulesAndVerdicts(
   db: Queryable,
   ips: readonly string[],
   protectedNets: readonly Net[],
-  onlyAllow = false,
+  entries: 'all' | 'underAllow' | Record<string, KeptEntry[]> = 'all',
 ): Promise<Map<string, IpRules>> {
   const unique = [...new Set(ips)];
-  const rules = await rulesForIps(db, unique, { entries: onlyAllow ? 'underAllow' : 'all' });
+  const rules = await rulesForIps(db, unique, { entries: typeof entries === 'string' ? entries : 'none' });
+  if (typeof entries !== 'string') {
+    for (const [ip, kept] of keptRules(entries)) {
+      if (rules.has(ip)) rules.set(ip, [...kept, ...rules.get(ip)!]);
+    }
+  }
   const out = new Map<string, IpRules>();
   for (const ip of unique) {
     const p = parseIp(ip);

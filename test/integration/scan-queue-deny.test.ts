@@ -387,6 +387,32 @@ describe('the count is run again only when something it depends on changed', () 
     expect((await run(mx1, 'mx1')).countReused).toBe(false);
   });
 
+  it("deciding again on a kept count reuses the lists' entries it found while no list's entries changed", async () => {
+    const mx = newQueue();
+    fill(mx, '198.51.100.80', 20);
+    const sql = async (text: string) => {
+      const c = await db.open();
+      try {
+        await c.exec(text);
+      } finally {
+        await c.close();
+      }
+    };
+    await sql(`INSERT INTO qguard.lists (source, reason) VALUES ('list:kept', 'kept');
+               INSERT INTO qguard.list_entries (list_id, network) SELECT id, '198.51.100.80/32' FROM qguard.lists WHERE source = 'list:kept'`);
+    expect(await run(mx, 'mx9')).toMatchObject({ countReused: false, denied: [], alreadyDenied: 1 });
+    // The entry goes behind qguard's back (no change recorded), then a rule changes: decided
+    // again with the entry it found — proof that the entries were not read again.
+    await sql(`ALTER TABLE qguard.list_entries DISABLE TRIGGER list_entries_changed;
+               DELETE FROM qguard.list_entries WHERE network = '198.51.100.80/32';
+               ALTER TABLE qguard.list_entries ENABLE TRIGGER list_entries_changed`);
+    await qguard('ip', 'allow', '192.0.2.201', '--reason', 'a login');
+    expect(await run(mx, 'mx9')).toMatchObject({ countReused: true, denied: [], alreadyDenied: 1 });
+    // A list's entries change (any of them): read again, and the address is no longer listed.
+    await sql(`INSERT INTO qguard.list_entries (list_id, network) SELECT id, '198.51.100.81/32' FROM qguard.lists WHERE source = 'list:kept'`);
+    expect(await run(mx, 'mx9')).toMatchObject({ countReused: true, denied: ['198.51.100.80'] });
+  });
+
   it('--no-deny keeps a count of its own; --dry-run and QGUARD_COUNT=both always count', async () => {
     const q = newQueue();
     fill(q, '198.51.100.64', 20);
