@@ -537,7 +537,14 @@ async function apply(db: Db, tx: Queryable, plan: ListDiff, read: SourceRead, op
     const r = await tx.query<{ id: number }>('INSERT INTO qguard.lists (source, reason) VALUES ($1, $2) RETURNING id', [opts.source, opts.reason]);
     listId = Number(r.rows[0].id);
   } else if (listId !== 0 && !read.list.reasonSame) {
-    await tx.query('UPDATE qguard.lists SET reason = $2, updated_at = now() WHERE id = $1', [listId, opts.reason]);
+    // The reason of every entry at once: one row, audited as an update of the list's rules.
+    await tx.query(
+      `WITH was AS (SELECT reason FROM qguard.lists WHERE id = $1 FOR UPDATE),
+            now AS (UPDATE qguard.lists SET reason = $2, updated_at = now() WHERE id = $1 RETURNING source)
+       INSERT INTO qguard.audit (actor, op, object, action, source, reason, old)
+       SELECT qguard.current_actor(), 'update', 'rule', 'deny', now.source, $2, jsonb_build_object('reason', was.reason) FROM was, now`,
+      [listId, opts.reason],
+    );
   }
   if (w.rules.remove.length > 0) await removeRules(tx, w.rules.remove);
   if (w.rules.rewrite.length > 0 && !(await rewriteRules(tx, w.rules.rewrite, opts))) return false;

@@ -179,6 +179,21 @@ describe.each(kinds)('list entries on the %s database', (kind) => {
     expect(few.get('100.74.1.9')!.rules).toEqual([]);
   });
 
+  it("a new reason is the list's: one row changed and audited, the entries left as they are", async () => {
+    const v4 = Float64Array.from([key('100.75.0.0/24'), key('100.75.1.0/24')]);
+    const merge = (reason: string) =>
+      mergeSpamlist(db, () => ({ dropped: [], networks: 2, v4, v6: [] }), { source: 'list:h', reason, ttlSeconds: null, replace: true, dryRun: false, check() {} });
+    await merge('first reason');
+    const before = (await db.query<{ x: string }>("SELECT string_agg(ctid::text, ',' ORDER BY ctid) AS x FROM qguard.list_entries")).rows[0].x;
+    expect(await merge('second reason')).toMatchObject({ refreshed: 2, added: 0, removed: 0 });
+    expect((await db.query<{ x: string }>("SELECT string_agg(ctid::text, ',' ORDER BY ctid) AS x FROM qguard.list_entries")).rows[0].x).toBe(before);
+    expect((await rulesContaining(db, net('100.75.1.1'), 'test-host')).map((r) => r.reason)).toEqual(['second reason']);
+    const audit = await db.query<{ op: string; reason: string; old: { reason: string } }>(
+      "SELECT op, reason, old FROM qguard.audit WHERE source = 'list:h' ORDER BY id DESC LIMIT 1",
+    );
+    expect(audit.rows[0]).toMatchObject({ op: 'update', reason: 'second reason', old: { reason: 'first reason' } });
+  });
+
   it('`qguard ip rm` removes a list entry (not when one host is named), audited as a delete', async () => {
     await importList(db, 'list:e', ['100.73.0.0/24'], null);
     await importList(db, 'list:f', ['100.73.0.0/24'], null);
