@@ -189,6 +189,13 @@ export async function deleteRules(
   const out = r.rows.map(toRule);
   // A list's entry: unscoped, so not when one host's rules are asked for.
   if ((f.source === undefined || f.source.startsWith('list:')) && (f.host === undefined || f.host === null)) {
+    const match = `FROM qguard.list_entries e JOIN qguard.lists l ON l.id = e.list_id
+                    WHERE e.network = $1::cidr ${f.source ? 'AND l.source = $2' : ''}`;
+    const args = f.source ? [params[0], f.source] : [params[0]];
+    // Looked for first: a DELETE of no entry would still fire the entries' statement trigger,
+    // and every sync-rules would then read everything again for nothing (an `ip rm` of a rule).
+    const any = await db.query<{ any: boolean }>(`SELECT EXISTS (SELECT 1 ${match}) AS any`, args);
+    if (!any.rows[0].any) return out;
     const e = await db.query<RuleRow>(
       `WITH gone AS (
          DELETE FROM qguard.list_entries e USING qguard.lists l
@@ -199,7 +206,7 @@ export async function deleteRules(
            SELECT qguard.current_actor(), 'delete', 'rule', network, 'deny', source, reason, expires_at FROM gone)
        SELECT 0 AS id, network::text AS cidr, 'deny' AS action, source, reason, NULL AS who, created_at, expires_at, NULL AS host
          FROM gone`,
-      f.source ? [params[0], f.source] : [params[0]],
+      args,
     );
     out.push(...e.rows.map(toRule));
   }

@@ -205,7 +205,32 @@ describe.each(kinds)('list entries on the %s database', (kind) => {
       `SELECT op, network::text AS network FROM qguard.audit WHERE source = 'list:e' ORDER BY id DESC LIMIT 1`,
     );
     expect(audit.rows[0]).toEqual({ op: 'delete', network: '100.73.0.0/24' });
+    // Removing a rule that is no entry leaves the entries' change number alone (sync-rules
+    // then reads the changed rule, not every entry again).
+    await upsertRule(db, { net: net('100.77.0.0/24'), action: 'deny', source: 'cli', reason: null, ttlSeconds: null, host: null, who: null });
+    const seq = async () => (await db.query<{ s: string }>('SELECT entries_seq::text AS s FROM qguard.state')).rows[0].s;
+    const entriesSeq = await seq();
+    expect((await deleteRules(db, { net: net('100.77.0.0/24') })).map((r) => r.source)).toEqual(['cli']);
+    expect(await seq()).toBe(entriesSeq);
     // The next import of list:e puts it back, like any entry the list names.
     expect(await importList(db, 'list:e', ['100.73.0.0/24'], null)).toMatchObject({ added: 1 });
+  });
+
+  it('a change of the entries is numbered and marked "read everything"; changes older than a day are forgotten, as for rules', async () => {
+    const state = async () =>
+      (await db.query<{ seq: string; entries: string; after: string }>('SELECT change_seq::text AS seq, entries_seq::text AS entries, changes_after::text AS after FROM qguard.state')).rows[0];
+    const before = await state();
+    await importList(db, 'list:k', ['100.76.0.0/24'], null);
+    const now = await state();
+    expect(Number(now.seq)).toBeGreaterThan(Number(before.seq));
+    expect(now.entries).toBe(now.seq);
+    const mark = await db.query<{ ids: string[] | null }>('SELECT ids FROM qguard.rule_changes WHERE seq = $1', [now.seq]);
+    expect(mark.rows).toEqual([{ ids: null }]);
+    // Every 64th change looks for changes of more than a day ago: written by the entries alone here.
+    await db.query(`UPDATE qguard.rule_changes SET at = now() - interval '2 days'`);
+    for (let i = 0; i < 64; i++) await db.query(`UPDATE qguard.list_entries SET expires_at = NULL WHERE network = '100.76.0.0/24'`);
+    const after = await state();
+    expect(Number(after.after)).toBeGreaterThanOrEqual(Number(now.seq));
+    expect((await db.query<{ n: number }>("SELECT count(*)::int AS n FROM qguard.rule_changes WHERE at < now() - interval '1 day'")).rows[0].n).toBe(0);
   });
 });
