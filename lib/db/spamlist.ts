@@ -369,19 +369,25 @@ function* copyRows(
   pos += expiry.copy(buf, pos);
   const row = Buffer.from(buf.subarray(start, pos));
   pos = start;
-  for (let i = 0; i < keys.length; i++) {
+  const rowLen = row.length;
+  for (let i = 0; i < keys.length; ) {
     const full = room();
     if (full) yield full;
-    row.copy(buf, pos);
-    const key = keys[i];
-    const a = Math.floor(key / 64);
-    const o = pos + at;
-    buf[o + 1] = key - a * 64;
-    buf[o + 4] = a >>> 24;
-    buf[o + 5] = (a >>> 16) & 255;
-    buf[o + 6] = (a >>> 8) & 255;
-    buf[o + 7] = a & 255;
-    pos += row.length;
+    // As many rows as the chunk takes, laid down at once from the template (one native fill
+    // instead of a copy a row: 70 ms a million), then each one's prefix and address.
+    const n = Math.min(keys.length - i, Math.floor((size - rowMax - pos) / rowLen) + 1);
+    buf.fill(row, pos, pos + n * rowLen);
+    for (const end = i + n; i < end; i++) {
+      const key = keys[i];
+      const a = Math.floor(key / 64);
+      const o = pos + at;
+      buf[o + 1] = key - a * 64;
+      buf[o + 4] = a >>> 24;
+      buf[o + 5] = (a >>> 16) & 255;
+      buf[o + 6] = (a >>> 8) & 255;
+      buf[o + 7] = a & 255;
+      pos += rowLen;
+    }
   }
   for (const net of v6) {
     const full = room();
