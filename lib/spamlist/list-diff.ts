@@ -32,7 +32,7 @@ export interface StoredRules {
 
 /** Networks to insert: IPv4 as keys, IPv6 as networks. */
 export interface NetSet {
-  v4: number[];
+  v4: number[] | Float64Array;
   v6: Net[];
 }
 
@@ -153,12 +153,12 @@ export function diffList(want4: Float64Array, want6: readonly Net[], stored: Sto
     }
   }
   if (n4 === 0) {
-    // A first import: all of it, into an array of its size (a quarter of the time of pushing).
-    const all = new Array<number>(nw);
-    for (let i = 0; i < nw; i++) all[i] = want4[i];
-    d.insert.v4 = all;
+    // A first import: all of it, the list's own keys (no copy: 50 ms a million).
+    d.insert.v4 = want4;
   } else {
-    for (let i = 0; i < nw; i++) if (held[i] === 0) d.insert.v4.push(want4[i]);
+    const v4: number[] = [];
+    for (let i = 0; i < nw; i++) if (held[i] === 0) v4.push(want4[i]);
+    d.insert.v4 = v4;
   }
 
   // IPv6: few; by text key.

@@ -45,7 +45,7 @@ function stored(rows: Row[], shuffle: number): StoredRules {
 }
 
 /** The networks of an insert set as row keys. */
-const keysOf = (set: NetSet) => [...set.v4.map(v4Key), ...set.v6.map(v6Key)];
+const keysOf = (set: NetSet) => [...Array.from(set.v4, v4Key), ...set.v6.map(v6Key)];
 
 /** Expiries around the window of a 10-hour --for: none, past, less than half left, in the window, beyond it. */
 const arbExpiry = fc.constantFrom(Infinity, NOW - 1, NOW, NOW + HOUR, NOW + 5 * HOUR - 1, NOW + 5 * HOUR, NOW + 7 * HOUR, NOW + 10 * HOUR, NOW + 10 * HOUR + 1);
