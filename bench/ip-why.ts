@@ -1,7 +1,7 @@
 // Benchmark: `qguard ip why` at 1,000,000 rules (issue 2; goal: under 50 ms of query time).
 // Fills a fresh database on the local PostgreSQL server with 1,000,000 mixed rules (IPv4 /32
 // denies, /24 and /16 denies, relay and trust addresses, IPv6 /64 denies), then times the
-// candidate query (`network >>= ip` on the GiST index) for random addresses in-process, shows
+// lookup (rulesContaining: the rules by their index, a scan of the list entries) for random addresses in-process, shows
 // its plan, and times the whole command as an admin runs it.
 //
 // Run: npm run build:bench && node dist/bench/ip-why.js   (RULES=N to change the size; KEEP=1 keeps the database)
@@ -74,9 +74,9 @@ async function main() {
     await db.exec('VACUUM qguard.rules, qguard.list_entries');
     await db.exec('CHECKPOINT'); // the load's dirty pages written now, not during the lookups
   }
-  // A new session, as every command opens: after the migration's DDL the backends' cache file
-  // (pg_internal.init) is rebuilt by the next session that starts; until then every parallel
-  // worker of this one rebuilt its catalog cache from scratch (150 ms more a lookup, measured).
+  // A new session, as every command opens: in the session that ran the migration and the load,
+  // PostgreSQL's parallel workers took 150 ms more to start for every lookup (measured; likely
+  // the catalog cache file the migration's DDL invalidated, which a new session writes again).
   await db.close();
   db = await openDb(config, 'bench', lockFile);
   const count = (await db.query<{ n: number }>('SELECT count(*) AS n FROM qguard.live_rules')).rows[0].n;
