@@ -76,7 +76,7 @@ function forHost(sql: string, param: number): string {
  * network that can contain it (qguard.covering, sql/010_covering_btree.sql); the lists'
  * entries have no index (sql/018): one scan of them, one `>>=` a row (cheaper than comparing
  * with 33 networks: 59 ms instead of 139 at a million entries), without parallel workers
- * (sql/020: 42 ms instead of 61 on 2 CPUs).
+ * (sql/019: 42 ms instead of 61 on 2 CPUs).
  */
 export async function rulesContaining(db: Queryable, ip: Net, host: string): Promise<Rule[]> {
   const r = await db.query<RuleRow>(
