@@ -16,7 +16,7 @@
 // File I/O is synchronous on purpose: for many small files it is several times faster in
 // Node than the thread pool (measured: 100,000 open+read+close take 0.7 s in sync calls,
 // 4.5 s through the pool on 2 cores), and the scan is a batch job with nothing else to serve;
-// it uses the second core with a reader thread of its own instead.
+// a large first scan keeps more reads in flight with reader threads of its own instead.
 //
 // Size: every read of qmail's queue directories (layout, listings, stable reads of a message's files) goes through here, with the races qmail allows.
 

@@ -461,7 +461,7 @@ describe('how new messages are recorded: COPY on a server, unnest on the embedde
   });
 });
 
-describe('the first scan of a large queue (read in two threads)', () => {
+describe('the first scan of a large queue (read in reader threads)', () => {
   let q: QueueBuilder;
   beforeAll(() => {
     q = generateQueue(fs.mkdtempSync(path.join(db.stateDir, 'large-')), { count: 21_000, seed: 7 }).queue;
@@ -473,7 +473,7 @@ describe('the first scan of a large queue (read in two threads)', () => {
     const a = await runCli('scan-queue', ['--json', '--no-deny', '--verbose'], { env: { ...db.env, QGUARD_QUEUE: q.dir, QGUARD_HOST: 'large-a' } });
     expect(a.code).toBe(0);
     expect(JSON.parse(a.stdout)).toMatchObject({ scanned: 21_000, new: 21_000, errors: 0, skipped: 0 });
-    if (os.availableParallelism() >= 2) expect(a.stderr).toMatch(/first scan of this host: 23 groups read in 2 threads/);
+    if (os.availableParallelism() >= 2) expect(a.stderr).toMatch(/first scan of this host: 23 groups read in 6 threads/);
     // Host B has rows already (a small queue first): the same queue is read in this thread.
     const small = QueueBuilder.create();
     try {
