@@ -324,6 +324,35 @@ describe.skipIf(!TOOLS)('sync-rules', () => {
     expect(check('198.51.100.1')).toBe('deny');
   });
 
+  it('a new cdb that answers wrong, or a tcprulescheck that fails, is not installed: exit 111, the old files stay', async () => {
+    await addRules([{ cidr: '203.0.113.0/24', action: 'deny' }]);
+    expect((await sync()).code).toBe(0);
+    await addRules([{ cidr: '198.51.100.0/24', action: 'relay' }]);
+    const before = snapAll();
+    // A checker that says "allow" (no RELAYCLIENT) for every address: the samples of the relay and deny keys catch it.
+    const liar = writeScript('lying-tcprulescheck', 'echo default:\necho allow connection');
+    const r = await sync([], { QGUARD_TCPRULESCHECK: liar });
+    expect(r.code).toBe(111);
+    expect(r.stderr).toMatch(/answers "allow connection" for [\d.]+ instead of "(deny connection|set environment variable RELAYCLIENT=; allow connection)": not installed, the old one stays/);
+    expect(snapAll()).toEqual(before);
+    expect(check('198.51.100.1')).toBe('allow');
+    // One that fails on the third address it is asked about: its own words, nothing installed.
+    const count = file('checks');
+    const failing = writeScript(
+      'failing-tcprulescheck',
+      `echo x >> '${count}'\nif [ "$(wc -l < '${count}')" -ge 3 ]; then echo "cdb read error" >&2; exit 1; fi\nexec tcprulescheck "$@"`,
+    );
+    const f = await sync([], { QGUARD_TCPRULESCHECK: failing });
+    expect(f.code).toBe(111);
+    expect(f.stderr).toMatch(/failing-tcprulescheck could not check .*exit 1.*cdb read error/);
+    expect(snapAll()).toEqual(before);
+    expect(fs.readdirSync(dir).filter((n) => n.includes('qguard-'))).toEqual([]);
+    // The real one: installed.
+    expect((await sync()).code).toBe(0);
+    expect(check('198.51.100.1')).toBe('relay');
+    expect(check('203.0.113.1')).toBe('deny');
+  });
+
   it('kill -9 at any moment leaves the old cdb or the new one, never a broken or missing one', async () => {
     // 60,000 scattered /32 denies: a run that lasts long enough to be killed in every phase.
     await db.query(
