@@ -161,15 +161,29 @@ function configHash(ctx: RunContext, staticHash: string, outcomes: Outcomes, pro
 /**
  * Compile the text with the real tcprules into a temp cdb, check it, then install text and cdb.
  * The text goes to its temp file first and tcprules reads that file (not a pipe through us).
+ * `meanwhile` is work of this process that runs while tcprules compiles (it would only wait).
  */
-async function publishRules(ctx: RunContext, t: Targets, p: RulesPlan, writeText: boolean): Promise<void> {
+async function publishRules(ctx: RunContext, t: Targets, p: RulesPlan, writeText: boolean, meanwhile: () => void): Promise<void> {
   const textTmp = tempName(t.rules, 'text');
   const newCdb = tempName(t.cdb, 'new');
   const tmp = tempName(t.cdb, 'tmp');
   try {
     writeTempFile(textTmp, p.text);
     // tcprules writes `tmp` (open_trunc: a fresh name, so no stale mode), fsyncs, renames to newCdb.
-    await compileCdb(ctx.config.tcprules, textTmp, newCdb, tmp);
+    const compiled = compileCdb(ctx.config.tcprules, textTmp, newCdb, tmp).then(
+      () => null,
+      (err: unknown) => ({ err }),
+    );
+    let busy: { err: unknown } | null = null;
+    try {
+      meanwhile();
+    } catch (err) {
+      busy = { err };
+    }
+    // tcprules is waited for either way: nothing of this run is left running.
+    const compileFailed = await compiled;
+    if (busy) throw busy.err;
+    if (compileFailed) throw compileFailed.err;
     const samples = checkSamples(p);
     const answers = await checkCdbAnswers(ctx.config.tcprulescheck, newCdb, samples.map((s) => s.ip));
     samples.forEach((s, k) => {
@@ -374,6 +388,8 @@ async function apply(
   ch: Changes,
   splitMore: boolean,
   phase: (what: string) => void,
+  /** Keep the rules copy for the next run's patch (done while tcprules compiles, when it does). */
+  saveCopy: () => void,
 ): Promise<{ wrote: string[]; fw: { result: FirewallResult | null; error: QguardError | null } }> {
   const c = ctx.config;
   const log = ctx.log;
@@ -388,13 +404,14 @@ async function apply(
     }
   }
   if (ch.buildCdb) {
-    await publishRules(ctx, t, p, ch.writeText);
+    await publishRules(ctx, t, p, ch.writeText, saveCopy);
     phase('compiled, checked and installed the cdb');
     if (ch.writeText) wrote.push(t.rules);
     wrote.push(t.cdb);
     log.info(`wrote ${t.rules} and ${t.cdb}: ${p.keys} keys (${p.denyKeys} deny) for ${snap.counts.relay} relay, ${snap.counts.trust} trust, ${snap.counts.deny} deny rules`);
     warnUnwritten6(ctx, p);
   }
+  saveCopy();
   for (const w of ch.rcptWrites) {
     writeFileAtomic(w.file, w.text, { mode: 0o644, ensureBits: 0o444 });
     wrote.push(w.file);
@@ -512,8 +529,15 @@ export async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?:
   const read = await readSnapshot(await ctx.db(), c.host, c.manageRcpthosts, readCopy(copyFile));
   const snap = read.snapshot;
   phase(`read ${snap.v4Count} IPv4 and ${snap.v6.length} IPv6 rules (change ${snap.changeSeq}${read.patched ? ', the changed ones only' : ''})`);
-  // The copy is the database's rules, whatever is published: kept for the next run's patch.
-  if (!dryRun) writeCopy(copyFile, read.copy);
+  // The copy is the database's rules, whatever is published: kept for the next run's patch, by
+  // apply (while tcprules compiles) or before a refusal. A run that fails before has none: the
+  // next run reads the rules in full.
+  let copyKept = dryRun;
+  const saveCopy = () => {
+    if (copyKept) return;
+    copyKept = true;
+    writeCopy(copyFile, read.copy);
+  };
   const splitMore = isExecutable(c.qmailNewmrh);
   // (asked only when there is something to write: a run without IPv6 rules starts one tcprules, as before)
   const ipv6 = snap.v6.length > 0 && (c.tcprulesIpv6 === 'on' || (c.tcprulesIpv6 === 'auto' && (await tcprulesTakesIpv6(c.tcprules))));
@@ -549,10 +573,13 @@ export async function syncOnce(ctx: RunContext, opts: SyncOptions & { lockHeld?:
     const changed = ch.writeText || ch.buildCdb || ch.rcptWrites.length > 0 || Boolean(fwResult?.changed);
     return { summary: summary([], changed, fwResult), nextExpiry: next };
   }
-  if (refusal) throw new PermanentError(refusal);
+  if (refusal) {
+    saveCopy();
+    throw new PermanentError(refusal);
+  }
 
   // ---- apply
-  const { wrote, fw } = await apply(ctx, t, k, snap, sf, p, ch, splitMore, phase);
+  const { wrote, fw } = await apply(ctx, t, k, snap, sf, p, ch, splitMore, phase, saveCopy);
   const result = { summary: summary(wrote, wrote.length > 0 || Boolean(fw.result?.changed), fw.result), nextExpiry: next };
   ctx.jobSummary(result.summary); // kept with the job record (qguard status), failure included
   if (fw.error) throw fw.error;
