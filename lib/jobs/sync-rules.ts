@@ -170,20 +170,12 @@ async function publishRules(ctx: RunContext, t: Targets, p: RulesPlan, writeText
   try {
     writeTempFile(textTmp, p.text);
     // tcprules writes `tmp` (open_trunc: a fresh name, so no stale mode), fsyncs, renames to newCdb.
-    const compiled = compileCdb(ctx.config.tcprules, textTmp, newCdb, tmp).then(
-      () => null,
-      (err: unknown) => ({ err }),
-    );
-    let busy: { err: unknown } | null = null;
+    const compiled = compileCdb(ctx.config.tcprules, textTmp, newCdb, tmp);
     try {
       meanwhile();
-    } catch (err) {
-      busy = { err };
+    } finally {
+      await compiled; // either way: nothing of this run is left running
     }
-    // tcprules is waited for either way: nothing of this run is left running.
-    const compileFailed = await compiled;
-    if (busy) throw busy.err;
-    if (compileFailed) throw compileFailed.err;
     const samples = checkSamples(p);
     const answers = await checkCdbAnswers(ctx.config.tcprulescheck, newCdb, samples.map((s) => s.ip));
     samples.forEach((s, k) => {
