@@ -15,8 +15,8 @@
 //           message not recorded yet is read without a stat first (each file opened once).
 //   record  batched and pipelined: new messages by COPY on a server database (unnest on the
 //           embedded one), gone messages marked, old gone rows pruned. A host's first scan of
-//           a large queue reads its groups in six threads (lib/jobs/scan-queue-groups.ts); a large
-//           load is VACUUMed after.
+//           a large queue reads its groups in reader threads (lib/jobs/scan-queue-groups.ts); a
+//           large load is VACUUMed after.
 //   count   queued messages per source IP within the window, every host; candidates reaching
 //           the threshold are checked with decide() (relay/trust never denied), protection,
 //           QGUARD_SCAN_EXEMPT and ruleRefusal(); the rest get a `deny` rule of source `scan`.
