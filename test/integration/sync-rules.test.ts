@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { type TestDb, createTestDb } from '../helpers/db.js';
 import { ROOT, runCli } from '../helpers/cli.js';
 import { haveTools } from '../helpers/tools.js';
@@ -97,6 +97,10 @@ beforeEach(async () => {
     QGUARD_QMAIL_NEWMRH: file('no-qmail-newmrh'),
     QGUARD_TCPRULES: tcprules,
   };
+});
+
+afterEach(() => {
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
 describe.skipIf(!TOOLS)('sync-rules', () => {
