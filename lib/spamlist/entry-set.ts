@@ -243,11 +243,12 @@ export class EntrySet {
 
   /** Deduplicate and aggregate; no CIDR broader than `minPrefix` per family. */
   aggregate(minPrefix: { 4: number; 6: number }): AggregateResult {
-    // IPv4: sort the packed numbers (native numeric sort), count repeats, merge touching spans.
+    // IPv4: sort the packed numbers (sortKeys), count repeats, merge touching spans.
     const keys = this.sortV4();
     let unique = 0;
     let duplicate = 0;
-    // (The loop keeps its state in plain locals, no closure over them: 35 -> 10 ms a million.)
+    // (The loop keeps its state in plain locals, not in a closure: with the IPv6 below, 78 -> 44 ms
+    // for bench/import-spamlist.ts's million lines.)
     const out4 = new Float64Array(Math.max(1, this.n4));
     const min4 = minPrefix[4];
     let m4 = 0;
