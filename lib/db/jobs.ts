@@ -100,8 +100,10 @@ export async function recordJobRun(
   db: Queryable,
   run: { host: string; job: string; startedAt: Date; exitCode: number; summary: unknown; error: string | null },
 ): Promise<void> {
+  // One statement, one round trip: the DELETE does not see the row inserted beside it.
   await db.query(
-    `INSERT INTO qguard.job_runs (host, job, started_at, ok, exit_code, summary, error)
+    `WITH forgotten AS (DELETE FROM qguard.job_runs WHERE finished_at < now() - interval '14 days')
+     INSERT INTO qguard.job_runs (host, job, started_at, ok, exit_code, summary, error)
      VALUES ($1, $2, $3, $4, $5, $6, $7)`,
     [
       run.host,
@@ -113,5 +115,4 @@ export async function recordJobRun(
       run.error,
     ],
   );
-  await db.query("DELETE FROM qguard.job_runs WHERE finished_at < now() - interval '14 days'");
 }

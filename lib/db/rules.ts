@@ -228,11 +228,20 @@ export async function changeCounter(db: Queryable): Promise<number> {
 
 /** The next moment a live rule lapses, or null. */
 export async function nextExpiry(db: Queryable): Promise<Date | null> {
-  const r = await db.query<{ t: Date | null }>(
+  return (await policyClock(db)).next;
+}
+
+/**
+ * The next moment a live rule lapses (or null) and the change counter, read together: what an
+ * unchanged sync-rules run compares with its last, in one round trip.
+ */
+export async function policyClock(db: Queryable): Promise<{ next: Date | null; seq: number }> {
+  const r = await db.query<{ t: Date | null; seq: number }>(
     `SELECT least((SELECT min(expires_at) FROM qguard.rules WHERE expires_at IS NOT NULL),
-                  (SELECT min(next_expiry) FROM qguard.lists)) AS t`,
+                  (SELECT min(next_expiry) FROM qguard.lists)) AS t,
+            (SELECT change_seq FROM qguard.state) AS seq`,
   );
-  return r.rows[0].t ? new Date(r.rows[0].t) : null;
+  return { next: r.rows[0].t ? new Date(r.rows[0].t) : null, seq: Number(r.rows[0].seq) };
 }
 
 /** Live rule counts by action. */

@@ -21,7 +21,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { RunContext } from '../context.js';
 import { PermanentError, type QguardError, TemporaryError } from '../errors.js';
-import { changeCounter, expireRules, nextExpiry } from '../db/rules.js';
+import { expireRules, policyClock } from '../db/rules.js';
 import { policyRules, readSnapshot } from '../db/rules-snapshot.js';
 import { type Net, formatNet, formatNetShort } from '../net/address.js';
 import type { Action } from '../policy/decide.js';
@@ -246,14 +246,13 @@ async function check(ctx: RunContext, t: Targets, dryRun: boolean): Promise<Chec
 
   const db = await ctx.db();
   let expired = 0;
-  let next = await nextExpiry(db);
+  let { next, seq } = await policyClock(db);
   const now = Date.now();
   if (next && next.getTime() <= now && !dryRun) {
     expired = await expireRules(db);
     if (expired > 0) ctx.log.info(`${expired} expired rule(s) deleted`);
-    next = await nextExpiry(db);
+    ({ next, seq } = await policyClock(db));
   }
-  const seq = await changeCounter(db);
 
   const stamps = Object.fromEntries(targetList(t).map(([role, file]) => [role, stampOf(file)]));
   const filesAsLeft = state !== null && state.complete && targetList(t).every(([role]) => sameStamp(state.stamps[role], stamps[role]));
