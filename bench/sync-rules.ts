@@ -7,7 +7,8 @@
 // The machine may be shared: figures are medians of several runs; compare them with the floor
 // printed next to them, not with another machine's.
 //
-// Run: npm run build:bench && node dist/bench/sync-rules.js   (RULES=N, MIXED=N to resize)
+// Run: npm run build:bench && node dist/bench/sync-rules.js   (RULES=N, MIXED=N to resize; KEEP=1 keeps
+// the databases and files, and prints their settings)
 
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
@@ -176,6 +177,10 @@ async function main() {
   console.log(`  load average now: ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} on ${os.cpus().length} CPUs`);
 
   for (const s of [big, small]) {
+    if (process.env.KEEP) {
+      console.log(`kept ${s.name}: ${Object.entries(s.env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+      continue;
+    }
     await dropDb(s.name);
     fs.rmSync(s.dir, { recursive: true, force: true });
   }

@@ -19,7 +19,6 @@ const external = [
   '@electric-sql/pglite', // loads its wasm and data files from beside itself
   'pg-native', // optional in pg, never installed
   'pg-copy-streams',
-  'execa',
   'fastify',
   '@fastify/*',
   'mailparser',

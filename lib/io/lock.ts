@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { TemporaryError } from '../errors.js';
-import { runSmall } from './run-program.js';
+import { runProgram } from './run-program.js';
 
 /** A held lock. `release()` is idempotent. */
 export interface FileLock {
@@ -40,7 +40,7 @@ export async function lockFile(file: string, opts: LockOptions): Promise<FileLoc
   const wait = opts.waitSeconds > 0 ? ['-w', String(opts.waitSeconds)] : ['-n'];
   try {
     // flock(1) exits 1 when the lock is busy (-n) or the wait ran out (-w): -E makes that 75.
-    const r = await runSmall(opts.flockProgram ?? 'flock', ['-x', '-E', '75', ...wait, '3'], {
+    const r = await runProgram(opts.flockProgram ?? 'flock', ['-x', '-E', '75', ...wait, '3'], {
       extraFds: [fd],
       okExitCodes: [0, 75],
       timeoutMs: (opts.waitSeconds + 30) * 1000,

@@ -17,7 +17,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { TemporaryError } from '../errors.js';
-import { runSmall } from './run-program.js';
+import { runProgram } from './run-program.js';
 
 /** The files of one entry. */
 export const ENTRY_FILES = { mess: 'mess', envelope: 'envelope', meta: 'meta.json' } as const;
@@ -163,7 +163,7 @@ export async function syncPaths(dirs: readonly string[], files: readonly string[
     }
     if (byDev.size === 0) return;
     try {
-      await runSmall('sync', ['-f', ...byDev.values()], { timeoutMs: 600_000 });
+      await runProgram('sync', ['-f', ...byDev.values()], { timeoutMs: 600_000 });
       return;
     } catch (err) {
       if (!/program not found/.test((err as Error).message)) throw err;

@@ -2,8 +2,7 @@
 // qmail-queue, logger). Argument arrays, never shell strings; data on stdin; a timeout; a
 // failure becomes a TemporaryError that carries the program's own words.
 
-import { spawn } from 'node:child_process';
-import type { Options } from 'execa';
+import { type ChildProcess, type StdioOptions, spawn } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { TemporaryError } from '../errors.js';
 
@@ -46,9 +45,13 @@ function tail(text: string): string {
   return lines.slice(-3).join(' / ');
 }
 
+/** Output kept per stream at most; a program that writes more is killed (it is not one of ours). */
+const MAX_OUTPUT = 512 * 1024 * 1024;
+
 /**
  * Run a program and wait for it. Throws TemporaryError when it cannot be started, times out,
- * is killed, or exits with a code not in `okExitCodes`.
+ * is killed, or exits with a code not in `okExitCodes`. (node's own child_process: loading a
+ * process library cost sync-rules 60-90 ms of every run that compiles the rules.)
  */
 export async function runProgram(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   let cmd = file;
@@ -57,50 +60,85 @@ export async function runProgram(file: string, args: readonly string[], opts: Ru
     argv = ['-c', `umask ${opts.umask.toString(8).padStart(3, '0')} && exec "$@"`, 'sh', file, ...args];
     cmd = '/bin/sh';
   }
-  const stdio = [
+  const stdio: StdioOptions = [
     opts.stdinFd ?? (opts.input === undefined ? 'ignore' : 'pipe'),
     opts.stdoutFd ?? 'pipe',
     'pipe',
     ...(opts.extraFds ?? []),
-  ] as Options['stdio'];
-  // execa is loaded on first use: most runs of the every-minute jobs never start a program.
-  const { execa } = await import('execa');
-  let result;
-  try {
-    result = await execa(cmd, argv, {
-      input: opts.input,
-      stdio,
-      timeout: opts.timeoutMs ?? 60_000,
-      env: opts.env,
-      extendEnv: !opts.cleanEnv,
-      cwd: opts.cwd,
-      reject: false,
-      stripFinalNewline: false,
-      encoding: opts.binary ? 'buffer' : 'utf8',
-      maxBuffer: 512 * 1024 * 1024,
-    });
-  } catch (err) {
-    throw new TemporaryError(`unable to run ${file}: ${(err as Error).message}`, { cause: err });
+  ];
+  const env = opts.cleanEnv ? { ...opts.env } : { ...process.env, ...opts.env };
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  const outcome = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: Buffer; stderr: string; timedOut: boolean; error: NodeJS.ErrnoException | null }>(
+    (resolve) => {
+      let child: ChildProcess;
+      try {
+        child = spawn(cmd, argv, { stdio, env, cwd: opts.cwd });
+      } catch (err) {
+        resolve({ code: null, signal: null, stdout: Buffer.alloc(0), stderr: '', timedOut: false, error: err as NodeJS.ErrnoException });
+        return;
+      }
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      let outBytes = 0;
+      let errBytes = 0;
+      let timedOut = false;
+      let failure: NodeJS.ErrnoException | null = null;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        child.kill('SIGKILL');
+      }, timeoutMs);
+      child.stdout?.on('data', (d: Buffer) => {
+        outBytes += d.length;
+        if (outBytes > MAX_OUTPUT) child.kill('SIGKILL');
+        else out.push(d);
+      });
+      child.stderr?.on('data', (d: Buffer) => {
+        errBytes += d.length;
+        if (errBytes > MAX_OUTPUT) child.kill('SIGKILL');
+        else err.push(d);
+      });
+      // A program that exits without reading all of its input is answered by its exit code.
+      child.stdin?.on('error', () => {});
+      if (child.stdin && opts.input !== undefined) {
+        if (typeof opts.input === 'string' || Buffer.isBuffer(opts.input)) child.stdin.end(opts.input);
+        else {
+          opts.input.on('error', (e: Error) => {
+            failure ??= e as NodeJS.ErrnoException;
+            child.kill('SIGKILL');
+          });
+          opts.input.pipe(child.stdin);
+        }
+      }
+      child.on('error', (e: NodeJS.ErrnoException) => {
+        failure ??= e;
+      });
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        resolve({ code, signal, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString(), timedOut, error: failure });
+      });
+    },
+  );
+  const { stderr } = outcome;
+  if (outcome.error) {
+    const e = outcome.error;
+    throw new TemporaryError(`unable to run ${file}: ${e.code === 'ENOENT' ? 'program not found' : e.message}`, { cause: e });
   }
-  if ((result as { code?: string }).code === 'ENOENT') {
-    throw new TemporaryError(`unable to run ${file}: program not found`);
+  if (outcome.timedOut) {
+    throw new TemporaryError(`${file} timed out after ${Math.round(timeoutMs / 1000)}s`);
   }
-  const stdoutBuffer = opts.binary ? Buffer.from(result.stdout as unknown as Uint8Array) : undefined;
-  const stdout = opts.binary ? '' : String(result.stdout ?? '');
-  const stderr = String(result.stderr ?? '');
+  if (outcome.code === null) {
+    throw new TemporaryError(`${file} was killed by ${outcome.signal}${stderr.trim() ? `: ${tail(stderr)}` : ''}`);
+  }
   const ok = opts.okExitCodes ?? [0];
-  if (result.timedOut) {
-    throw new TemporaryError(`${file} timed out after ${Math.round((opts.timeoutMs ?? 60_000) / 1000)}s`);
+  if (!ok.includes(outcome.code)) {
+    throw new TemporaryError(`${file} failed (exit ${outcome.code})${stderr.trim() ? `: ${tail(stderr)}` : ''}`);
   }
-  if (result.exitCode === undefined || result.signal) {
-    throw new TemporaryError(
-      `${file} ${result.signal ? `was killed by ${result.signal}` : 'could not be started'}${stderr ? `: ${tail(stderr)}` : `: ${result.shortMessage ?? ''}`}`,
-    );
-  }
-  if (!ok.includes(result.exitCode)) {
-    throw new TemporaryError(`${file} failed (exit ${result.exitCode})${stderr.trim() ? `: ${tail(stderr)}` : ''}`);
-  }
-  return { exitCode: result.exitCode, stdout, stderr, stdoutBuffer };
+  return {
+    exitCode: outcome.code,
+    stdout: opts.binary ? '' : outcome.stdout.toString(),
+    stderr,
+    stdoutBuffer: opts.binary ? outcome.stdout : undefined,
+  };
 }
 
 /** Split a configured command line (`svc -d /service/qmail-send`) into argv, honouring quotes. */
@@ -132,36 +170,4 @@ export function splitCommand(line: string): string[] {
   if (quote) throw new Error(`unbalanced quote in ${JSON.stringify(line)}`);
   if (has || cur) out.push(cur);
   return out;
-}
-
-/**
- * A small program with no input and little output (flock, a probe), run with node's own
- * child_process: the every-minute jobs take their lock this way without loading execa.
- * Same error rules as runProgram.
- */
-export function runSmall(
-  file: string,
-  args: readonly string[],
-  opts: { timeoutMs?: number; okExitCodes?: number[]; extraFds?: number[] } = {},
-): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe', ...(opts.extraFds ?? [])] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
-    child.on('error', (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      reject(new TemporaryError(`unable to run ${file}: ${err.code === 'ENOENT' ? 'program not found' : err.message}`));
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      if (code === null) return reject(new TemporaryError(`${file} was killed by ${signal}`));
-      if (!(opts.okExitCodes ?? [0]).includes(code)) {
-        return reject(new TemporaryError(`${file} failed (exit ${code})${stderr.trim() ? `: ${tail(stderr)}` : ''}`));
-      }
-      resolve({ exitCode: code, stdout, stderr });
-    });
-  });
 }
