@@ -36,26 +36,30 @@ function portList(ports: readonly number[]): string {
  * chain are declared (created when missing, left alone when present), the chain and both sets
  * are flushed and refilled. Run it twice and the second run changes nothing; run it after
  * `nft flush ruleset` and everything is back. Throws (PermanentError) when the set is unsafe.
+ *
+ * `fresh`: for a kernel without our table (as a check just saw it): the table is created with
+ * `create table`, which the kernel refuses (and with it the whole script) if the table exists
+ * after all, and nothing is flushed. nft 1.0.6 took 0.95-1.0 s for a first apply of 100,000
+ * elements with the flushes, 0.60-0.64 s without (the elements loaded alone: 0.61-0.67 s).
  */
 export function renderNftScript(
   set: DenySet,
   policy: BlockPolicy,
   protectedNets: readonly Net[],
-  opts: { chunk?: number } = {},
+  opts: { chunk?: number; fresh?: boolean } = {},
 ): string {
   assertSafeSet(set, protectedNets);
   const chunk = opts.chunk ?? DEFAULT_CHUNK;
   const t = `${NFT_FAMILY} ${NFT_TABLE}`;
   const ports = portList(policy.ports);
   const out: string[] = [
+    ...(opts.fresh ? [`create table ${t}`] : []),
     `table ${t} {`,
     `\tset ${NFT_SETS[4]} { type ipv4_addr; flags interval; }`,
     `\tset ${NFT_SETS[6]} { type ipv6_addr; flags interval; }`,
     `\tchain ${NFT_CHAIN} { type filter hook input priority ${NFT_PRIORITY}; policy accept; }`,
     '}',
-    `flush chain ${t} ${NFT_CHAIN}`,
-    `flush set ${t} ${NFT_SETS[4]}`,
-    `flush set ${t} ${NFT_SETS[6]}`,
+    ...(opts.fresh ? [] : [`flush chain ${t} ${NFT_CHAIN}`, `flush set ${t} ${NFT_SETS[4]}`, `flush set ${t} ${NFT_SETS[6]}`]),
     `add rule ${t} ${NFT_CHAIN} tcp dport ${ports} ip saddr @${NFT_SETS[4]} ${verdict(policy.action)}`,
     `add rule ${t} ${NFT_CHAIN} tcp dport ${ports} ip6 saddr @${NFT_SETS[6]} ${verdict(policy.action)}`,
   ];

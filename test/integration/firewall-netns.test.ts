@@ -306,6 +306,29 @@ describe.skipIf(!RUN).each(['nft', 'ipset'] as const)('firewall backend %s in ne
     expect(again.stderr).toBe('');
   });
 
+  // nft only: its first apply into a kernel without our table flushes nothing (create table).
+  if (backend === 'nft') it('a table that appears between the look and the first apply is replaced whole, not added to', async () => {
+    await must(lab.srv, ['nft', 'flush', 'ruleset']);
+    // A fake nft in front: before the first script reaches the real nft, our table appears
+    // with an element qguard never denied (another writer, a restore of an old ruleset).
+    const bin = path.join(tmp, 'fakebin-nft-race');
+    fs.mkdirSync(bin, { recursive: true });
+    const mark = path.join(bin, 'raced');
+    fs.writeFileSync(
+      path.join(bin, 'nft'),
+      `#!/bin/sh\ncase "$*" in *-f*) if [ ! -e ${mark} ]; then : > ${mark}; printf '%s\\n' 'table inet qguard { set deny_v4 { type ipv4_addr; flags interval; elements = { 198.18.0.77 } }; }' | /usr/sbin/nft -f - || exit 9; fi;; esac\nexec /usr/sbin/nft "$@"\n`,
+      { mode: 0o755 },
+    );
+    const r = await sync({ PATH: `${bin}:/usr/bin:/bin` });
+    expect(fs.existsSync(mark)).toBe(true);
+    expect(r.code).toBe(0);
+    const set = await must(lab.srv, ['nft', 'list', 'set', 'inet', 'qguard', 'deny_v4']);
+    expect(set).not.toContain('198.18.0.77');
+    expect(set).toContain('203.0.113.0');
+    expectReach(await lab.reach(), ['unknown', 'inDenied24']);
+    expect((await sync()).stderr).toBe('');
+  });
+
   it('QGUARD_FIREWALL_ACTION=reject answers with a TCP reset, on the configured ports only', async () => {
     const before = await lab.connects();
     expect(before.inDenied24[25]).toBe('timeout'); // drop: the connect times out

@@ -147,6 +147,16 @@ describe('renderNftScript', () => {
     }
   });
 
+  it('fresh (no table a moment ago): creates the table, refused whole if it exists, and flushes nothing', () => {
+    const script = renderNftScript(set, DROP, LOOPBACK, { fresh: true });
+    const lines = script.split('\n');
+    expect(lines[0]).toBe('create table inet qguard');
+    expect(script).not.toContain('flush');
+    // Otherwise the same script: the same declarations, rules and elements.
+    const usual = renderNftScript(set, DROP, LOOPBACK).split('\n').filter((l) => !l.startsWith('flush'));
+    expect(lines.slice(1)).toEqual(usual);
+  });
+
   it('sends a TCP reset with QGUARD_FIREWALL_ACTION=reject', () => {
     const script = renderNftScript(set, { ports: [587], action: 'reject' }, LOOPBACK);
     expect(script).toContain('add rule inet qguard input tcp dport { 587 } ip saddr @deny_v4 reject with tcp reset');

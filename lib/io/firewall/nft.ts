@@ -17,7 +17,17 @@ export const nftBackend: FirewallBackend = {
     const r = await fw('nft', ['-t', '-j', 'list', 'ruleset', NFT_FAMILY]);
     return { backend: 'nft', ...checkNftRuleset(r.stdout, policy) };
   },
-  async apply(set, policy, protectedNets) {
+  async apply(set, policy, protectedNets, seen) {
+    // No table a moment ago: create it, flushing nothing (a third of a large first apply). If
+    // it appeared meanwhile, the kernel refuses that script whole and the usual one follows.
+    if (seen && !seen.present) {
+      try {
+        await fw('nft', ['-f', '-'], { input: renderNftScript(set, policy, protectedNets, { fresh: true }), timeoutMs: APPLY_TIMEOUT_MS });
+        return;
+      } catch {
+        // the usual script below: it says what is wrong, if anything still is
+      }
+    }
     const script = renderNftScript(set, policy, protectedNets);
     await fw('nft', ['-f', '-'], { input: script, timeoutMs: APPLY_TIMEOUT_MS });
   },
