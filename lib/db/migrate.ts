@@ -44,40 +44,38 @@ export function latestMigration(): number {
   return all.length ? all[all.length - 1].id : 0;
 }
 
+/** Whether qguard.migrations exists (the qguard schema is there). */
+async function migrationsPresent(db: Queryable): Promise<boolean> {
+  const r = await db.query<{ present: boolean }>("SELECT to_regclass('qguard.migrations') IS NOT NULL AS present");
+  return Boolean(r.rows[0]?.present);
+}
+
 /** The schema version in the database: null when the qguard schema does not exist. */
 export async function schemaVersion(db: Queryable): Promise<number | null> {
-  const r = await db.query<{ present: boolean }>(
-    "SELECT to_regclass('qguard.migrations') IS NOT NULL AS present",
-  );
-  if (!r.rows[0]?.present) return null;
+  if (!(await migrationsPresent(db))) return null;
   const v = await db.query<{ v: number | null }>('SELECT max(id) AS v FROM qguard.migrations');
   return v.rows[0]?.v ?? 0;
 }
 
-/** The migration ids recorded in the database (empty when the schema is missing). */
+/** The migration ids recorded in the database (empty when the schema is missing): two short queries. */
 export async function appliedMigrations(db: Queryable): Promise<Set<number>> {
-  if ((await schemaVersion(db)) === null) return new Set();
+  if (!(await migrationsPresent(db))) return new Set();
   const r = await db.query<{ id: number }>('SELECT id FROM qguard.migrations');
   return new Set(r.rows.map((row) => Number(row.id)));
 }
 
 /**
- * Refuse to work on a schema that is missing, older or newer than this qguard. Two short
- * queries (every cron run starts with this): whether the table is there, then its ids.
+ * Refuse to work on a schema that is missing, older or newer than this qguard (every cron run
+ * starts with this: appliedMigrations' two queries).
  */
 export async function checkSchema(db: Queryable): Promise<void> {
-  const present = await db.query<{ present: boolean }>("SELECT to_regclass('qguard.migrations') IS NOT NULL AS present");
-  const r = present.rows[0]?.present
-    ? await db.query<{ ids: number[] | null }>('SELECT array_agg(id ORDER BY id) AS ids FROM qguard.migrations')
-    : null;
-  const ids = (r?.rows[0]?.ids ?? []).map(Number);
-  const have = ids.length ? ids[ids.length - 1] : 0;
+  const applied = await appliedMigrations(db);
+  const have = Math.max(0, ...applied);
   if (have === 0) {
     throw new PermanentError('the qguard schema is missing from this database: run `qguard db migrate` first');
   }
   const known = listMigrations();
   const want = known.length ? known[known.length - 1].id : 0;
-  const applied = new Set(ids);
   const pending = known.filter((m) => !applied.has(m.id));
   if (pending.length > 0) {
     throw new PermanentError(
