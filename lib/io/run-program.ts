@@ -77,26 +77,25 @@ export async function runProgram(file: string, args: readonly string[], opts: Ru
         resolve({ code: null, signal: null, stdout: Buffer.alloc(0), stderr: '', timedOut: false, error: err as NodeJS.ErrnoException });
         return;
       }
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      let outBytes = 0;
-      let errBytes = 0;
+      // What the program writes, kept up to MAX_OUTPUT per stream.
+      const collect = (stream: Readable | null) => {
+        const parts: Buffer[] = [];
+        let bytes = 0;
+        stream?.on('data', (d: Buffer) => {
+          bytes += d.length;
+          if (bytes > MAX_OUTPUT) child.kill('SIGKILL');
+          else parts.push(d);
+        });
+        return parts;
+      };
+      const out = collect(child.stdout);
+      const err = collect(child.stderr);
       let timedOut = false;
       let failure: NodeJS.ErrnoException | null = null;
       const timer = setTimeout(() => {
         timedOut = true;
         child.kill('SIGKILL');
       }, timeoutMs);
-      child.stdout?.on('data', (d: Buffer) => {
-        outBytes += d.length;
-        if (outBytes > MAX_OUTPUT) child.kill('SIGKILL');
-        else out.push(d);
-      });
-      child.stderr?.on('data', (d: Buffer) => {
-        errBytes += d.length;
-        if (errBytes > MAX_OUTPUT) child.kill('SIGKILL');
-        else err.push(d);
-      });
       // A program that exits without reading all of its input is answered by its exit code.
       child.stdin?.on('error', () => {});
       if (child.stdin && opts.input !== undefined) {
